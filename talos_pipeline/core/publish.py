@@ -1,0 +1,311 @@
+"""Publishing one image, step by step, and rebuilding the catalog from what is published.
+
+The steps match the Dagster assets (release facts → metadata tarball → disk → publication)
+and hand facts to each other through small JSON objects under `state/` in the store, so they
+can run in different processes or machines. Order keeps the invariant: immutable objects first,
+then the product record, then (elsewhere) the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import requests
+
+from .errors import PipelineError, UpstreamError
+from .hashing import ImageDigester, sha256_hex
+from .images import (
+    IMAGES_KEY,
+    INDEX_KEY,
+    RECORDS_PREFIX,
+    ImageRef,
+    ReleaseFacts,
+    release_state_key,
+    signature_key,
+)
+from .metadata import metadata_tarball, unified_layout
+from .records import ProductRecord, PublishedFile
+from .simplestreams import render_catalog
+from .store import CHUNK, ObjectMissing, Store
+from .upstream import READ_TIMEOUT, FactoryClient, ReleasesClient
+
+DISK_MODES = ("mirror", "proxy")
+Log = Callable[[str], None]
+PROGRESS_INTERVAL = 5.0
+
+
+def discover_release(releases: ReleasesClient, factory: FactoryClient, version: str) -> ReleaseFacts:
+    """GitHub's facts for a version the factory also offers (checked before any download)."""
+    facts = releases.release(version)
+    factory.require_version(facts.version)
+    return facts
+
+
+def save_release(store: Store, arch: str, facts: ReleaseFacts) -> None:
+    store.put_bytes(release_state_key(facts.version, arch), _json(asdict(facts)))
+
+
+def load_release(store: Store, version: str, arch: str) -> ReleaseFacts:
+    try:
+        return ReleaseFacts(**json.loads(store.read_bytes(release_state_key(version, arch))))
+    except ObjectMissing:
+        raise PipelineError(
+            f"Talos {version} {arch}: release facts are missing; materialize talos_release for this partition first"
+        ) from None
+
+
+def _json(body: dict) -> bytes:
+    return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+
+
+def store_metadata_tarball(store: Store, image: ImageRef, release: ReleaseFacts) -> PublishedFile:
+    data = metadata_tarball(image, release)
+    sha = sha256_hex(data)
+    key = image.metadata_key(sha)
+    store.put_bytes(key, data)
+    return PublishedFile(path=key, sha256=sha, size=len(data))
+
+
+@dataclass(frozen=True)
+class DiskFacts:
+    """What the single pass over the factory download established."""
+
+    path: str
+    sha256: str
+    size: int
+    fingerprint: str
+    unified_sha256: str
+    unified_size: int
+    metadata_sha256: str
+    upstream_url: str
+    mode: str
+    seconds: float
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.size / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> bytes:
+        return _json(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "DiskFacts":
+        return cls(**json.loads(data))
+
+
+class _Progress:
+    def __init__(self, image: ImageRef, total: int, log: Log | None) -> None:
+        self.image, self.total, self.log = image, total, log
+        self.started = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if self.log and now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            rate = done / (now - self.started) / 1e6
+            self.log(
+                f"{self.image.label}: {done / 2**20:.0f} of {self.total / 2**20:.0f} MiB "
+                f"({100 * done / max(self.total, 1):.0f}%), {rate:.0f} MB/s"
+            )
+
+
+def _content_length(image: ImageRef, url: str, response: requests.Response) -> int:
+    length = response.headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        raise UpstreamError(
+            f"{image.label}: {url} sent no Content-Length; the factory always does, so check TALOS_FACTORY_URL"
+        )
+    return int(length)
+
+
+def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+    """Headers arrived (a cold build is over): from now on a silent connection is a dead one."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def hash_disk(
+    store: Store,
+    factory: FactoryClient,
+    image: ImageRef,
+    release: ReleaseFacts,
+    metadata: PublishedFile,
+    *,
+    mode: str = "mirror",
+    log: Log | None = None,
+) -> DiskFacts:
+    """Stream the qcow2 once: hash it three ways and (in mirror mode) store the same bytes."""
+    tarball = store.read_bytes(metadata.path)
+    url = factory.image_url(image)
+    started = time.monotonic()
+    response = factory.open_image(image)
+    with response:
+        expected = _content_length(image, url, response)
+        layout = unified_layout(image, release, expected)
+        digester = ImageDigester(tarball, layout.prefix, lambda size: layout.suffix)
+        upload = store.upload() if mode == "mirror" else None
+        try:
+            _set_read_timeout(response, READ_TIMEOUT)
+            progress = _Progress(image, expected, log)
+            for chunk in response.raw.stream(CHUNK, decode_content=False):
+                digester.update(chunk)
+                if upload:
+                    upload.write(chunk)
+                progress.update(digester.size)
+            if digester.size != expected:
+                raise UpstreamError(
+                    f"{image.label}: {url} ended after {digester.size} of {expected} bytes (truncated download); "
+                    "nothing was published; retry",
+                    transient=True,
+                )
+            digests = digester.finish()
+        except BaseException as exc:
+            digester.abandon()
+            if upload:
+                upload.abort()
+            if isinstance(exc, requests.RequestException) or _is_transport_error(exc):
+                raise UpstreamError(
+                    f"{image.label}: download from {url} failed after {digester.size} of {expected} bytes "
+                    f"({type(exc).__name__}: {exc}); nothing was published; retry",
+                    transient=True,
+                ) from exc
+            raise
+        key = image.disk_key(digests.sha256)
+        if upload:
+            existing = store.stat(key)
+            if existing is not None and existing.size == digests.size:
+                upload.abort()
+            else:
+                upload.commit(key)
+    elapsed = time.monotonic() - started
+    facts = DiskFacts(
+        path=key,
+        sha256=digests.sha256,
+        size=digests.size,
+        fingerprint=digests.fingerprint,
+        unified_sha256=digests.unified_sha256,
+        unified_size=digests.unified_size,
+        metadata_sha256=metadata.sha256,
+        upstream_url=url,
+        mode=mode,
+        seconds=round(elapsed, 3),
+    )
+    store.put_bytes(image.state_key, facts.to_json())
+    return facts
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    module = type(exc).__module__ or ""
+    return module.startswith("urllib3") or isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def load_disk_facts(store: Store, image: ImageRef) -> DiskFacts:
+    try:
+        return DiskFacts.from_json(store.read_bytes(image.state_key))
+    except ObjectMissing:
+        raise PipelineError(
+            f"{image.label}: disk facts are missing; materialize talos_disk_image for this partition first"
+        ) from None
+
+
+def publish_record(
+    store: Store, signer, image: ImageRef, release: ReleaseFacts, metadata: PublishedFile, disk: DiskFacts
+) -> ProductRecord:
+    """Sign (when on), then write the product record: the image becomes eligible for the catalog."""
+    if disk.metadata_sha256 != metadata.sha256:
+        raise PipelineError(
+            f"{image.label}: the disk was hashed against another metadata tarball; rematerialize talos_disk_image"
+        )
+    metadata_signature = disk_signature = None
+    bundle = signer.sign_bytes(store.read_bytes(metadata.path))
+    if bundle is not None:
+        metadata_signature = signature_key(metadata.path)
+        store.put_bytes(metadata_signature, bundle)
+        disk_signature = signature_key(disk.path)
+        store.put_bytes(disk_signature, signer.sign_digest(disk.sha256))
+    record = ProductRecord(
+        version=image.version,
+        arch=image.arch,
+        variant=image.variant.name,
+        platform=image.variant.platform,
+        schematic=image.variant.schematic,
+        serial=release.serial,
+        published_at=release.published_at,
+        prerelease=release.prerelease,
+        fingerprint=disk.fingerprint,
+        metadata=PublishedFile(metadata.path, metadata.sha256, metadata.size, metadata_signature),
+        disk=PublishedFile(disk.path, disk.sha256, disk.size, disk_signature),
+        unified_sha256=disk.unified_sha256,
+        unified_size=disk.unified_size,
+        disk_mode=disk.mode,
+        upstream_path=image.factory_path(),
+        signing=signer.mode,
+    )
+    missing = [key for key in record.object_keys() if not store.exists(key)]
+    if missing:
+        raise PipelineError(f"{image.label}: not publishing, objects missing from the store: {', '.join(missing)}")
+    store.put_bytes(image.record_key, record.to_json())
+    return record
+
+
+def check_record(store: Store, record: ProductRecord) -> list[str]:
+    """Re-read what a record names (sizes of all, the bytes of the small ones); problems found."""
+    problems = []
+    for file in (record.metadata, record.disk):
+        if file is record.disk and record.disk_mode != "mirror":
+            continue
+        info = store.stat(file.path)
+        if info is None:
+            problems.append(f"{file.path} is missing")
+        elif info.size != file.size:
+            problems.append(f"{file.path} has {info.size} bytes, the record says {file.size}")
+    try:
+        if sha256_hex(store.read_bytes(record.metadata.path)) != record.metadata.sha256:
+            problems.append(f"{record.metadata.path} does not match its sha256")
+    except ObjectMissing:
+        pass
+    for file in (record.metadata, record.disk):
+        if file.signature and not store.exists(file.signature):
+            problems.append(f"{file.signature} is missing")
+    return problems
+
+
+def load_records(store: Store) -> tuple[list[ProductRecord], list[str]]:
+    """Every product record in the store, and the problems that kept others out."""
+    records, problems = [], []
+    for key in store.list_keys(RECORDS_PREFIX):
+        if not key.endswith(".json"):
+            continue
+        try:
+            record = ProductRecord.from_json(store.read_bytes(key))
+        except (ValueError, TypeError, KeyError) as exc:
+            problems.append(f"{key}: unreadable product record ({exc})")
+            continue
+        missing = [k for k in record.object_keys() if not store.exists(k)]
+        if missing:
+            problems.append(f"{key}: left out, objects missing: {', '.join(missing)}")
+            continue
+        records.append(record)
+    return records, problems
+
+
+@dataclass(frozen=True)
+class CatalogResult:
+    records: list[ProductRecord]
+    problems: list[str]
+    index: bytes
+    images: bytes
+
+
+def rebuild_catalog(store: Store, variant_order: list[str]) -> CatalogResult:
+    """Render the catalog from the records in the store and write it (images.json, then index.json)."""
+    records, problems = load_records(store)
+    index, images = render_catalog(records, variant_order)
+    store.put_bytes(IMAGES_KEY, images)
+    store.put_bytes(INDEX_KEY, index)
+    return CatalogResult(records=records, problems=problems, index=index, images=images)
