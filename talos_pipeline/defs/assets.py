@@ -5,7 +5,6 @@ hand data to each other through the store (`state/…`), never through an IO man
 can run anywhere that can reach the store.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
@@ -118,7 +117,7 @@ def expected_metadata(image: ImageRef, release) -> PublishedFile:
     deps=[talos_metadata_tarball],
     kinds={"python"},
     pool="talos_factory",
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
 )
 def talos_disk_image(
     context: dg.AssetExecutionContext, config: ImageSelection, talos_images: TalosImages, talos_store: TalosStore,

@@ -1,6 +1,5 @@
 """Checks on the published catalog itself."""
 
-from __future__ import annotations
 
 import json
 

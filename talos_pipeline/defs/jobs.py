@@ -5,12 +5,10 @@ from __future__ import annotations
 import dagster as dg
 
 from .assets import per_image_assets, talos_catalog
-from .partitions import image_partitions
 
 publish_images_job = dg.define_asset_job(
     "publish_images",
     selection=dg.AssetSelection.assets(*per_image_assets),
-    partitions_def=image_partitions,
     description="Release facts, metadata tarballs, disks and product records of one Talos version × arch.",
 )
 
