@@ -29,7 +29,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         _say(f"published Talos {label}")
     for label, message in outcome.failed.items():
         _say(f"FAILED {label}: {message}")
-    _say(f"catalog: {outcome.catalog_products} products")
+    if outcome.catalog_products is None:
+        _say("catalog unchanged (nothing new was published)")
+    else:
+        _say(f"catalog: {outcome.catalog_products} products")
     return 0 if outcome.ok else EXIT_FAILED
 
 

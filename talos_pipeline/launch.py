@@ -8,6 +8,7 @@ added, so a typo never leaves a dynamic partition behind.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,7 +39,7 @@ def instance_for_cli() -> dg.DagsterInstance:
 class PublishOutcome:
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    catalog_products: int = 0
+    catalog_products: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -67,11 +68,15 @@ def validate_request(settings: Settings, versions: list[str], arches: list[str],
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """The asset's own error, not the retry wrapper's "Exceeded max_retries" nor its causes."""
+    message = "run failed"
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data:
-            error = event.step_failure_data.error
-            return error.message.strip() if error else "step failed"
-    return "run failed"
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None and error.message.startswith("Exceeded max_retries"):
+            error = error.cause
+        if error is not None:
+            message = re.sub(r"^[\w.]+: ", "", error.message.strip())
+    return message
 
 
 def publish(

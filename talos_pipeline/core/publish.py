@@ -82,14 +82,17 @@ class DiskFacts:
     metadata_sha256: str
     upstream_url: str
     mode: str
-    seconds: float
+    seconds: float = 0.0
 
     @property
     def bytes_per_second(self) -> float:
         return self.size / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> bytes:
-        return _json(asdict(self))
+        """Without the timing, so republishing unchanged bytes rewrites nothing."""
+        facts = asdict(self)
+        del facts["seconds"]
+        return _json(facts)
 
     @classmethod
     def from_json(cls, data: bytes) -> "DiskFacts":
@@ -170,8 +173,8 @@ def hash_disk(
                 upload.abort()
             if isinstance(exc, requests.RequestException) or _is_transport_error(exc):
                 raise UpstreamError(
-                    f"{image.label}: download from {url} failed after {digester.size} of {expected} bytes "
-                    f"({type(exc).__name__}: {exc}); nothing was published; retry",
+                    f"{image.label}: download from {url} broke off after {digester.size} of {expected} bytes "
+                    f"({_transport_problem(exc)}); nothing was published; retry",
                     transient=True,
                 ) from exc
             raise
@@ -197,6 +200,20 @@ def hash_disk(
     )
     store.put_bytes(image.state_key, facts.to_json())
     return facts
+
+
+def _transport_problem(exc: BaseException) -> str:
+    names = set()
+    while exc is not None:
+        names.add(type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    if "IncompleteRead" in names:
+        return "the connection closed early: truncated body"
+    if names & {"ReadTimeoutError", "ReadTimeout", "TimeoutError", "timeout"}:
+        return f"no data for {READ_TIMEOUT:.0f}s: the connection looks dead"
+    if names & {"ConnectionResetError", "ProtocolError", "ChunkedEncodingError"}:
+        return "the connection was reset"
+    return ", ".join(sorted(names))
 
 
 def _is_transport_error(exc: BaseException) -> bool:

@@ -71,7 +71,7 @@ def talos_release(
         facts = discover_release(talos_upstream.releases(context.log.warning), talos_upstream.factory(context.log.warning), version)
         save_release(talos_store.open(), arch, facts)
     except PipelineError as exc:
-        raise _failure(context, exc) from exc
+        raise _failure(context, exc) from None
     context.log.info(f"Talos {version}: published {facts.published_at}, serial {facts.serial}")
     return dg.MaterializeResult(
         metadata={
@@ -98,7 +98,7 @@ def talos_metadata_tarball(
             file = store_metadata_tarball(store, image, release)
             rows.append({"variant": image.variant.name, "path": file.path, "sha256": file.sha256, "size": file.size})
     except PipelineError as exc:
-        raise _failure(context, exc) from exc
+        raise _failure(context, exc) from None
     return dg.MaterializeResult(
         metadata={"tarballs": _table(rows), "count": len(rows)},
         data_version=dg.DataVersion(sha256_hex("".join(r["sha256"] for r in rows).encode())),
@@ -146,7 +146,7 @@ def talos_disk_image(
                 "path": facts.path, "upstream": facts.upstream_url,
             })
     except PipelineError as exc:
-        raise _failure(context, exc) from exc
+        raise _failure(context, exc) from None
     return dg.MaterializeResult(
         metadata={
             "disks": _table(rows),
@@ -190,7 +190,7 @@ def talos_image(
                 "serial": record.serial, "signing": record.signing, "record": image.record_key,
             })
     except PipelineError as exc:
-        raise _failure(context, exc) from exc
+        raise _failure(context, exc) from None
     return dg.MaterializeResult(
         metadata={"products": _table(rows), "signing": talos_signing.mode},
         check_results=[
@@ -218,7 +218,7 @@ def talos_catalog(
     try:
         result = rebuild_catalog(store, [v.name for v in talos_images.variant_list()])
     except PipelineError as exc:
-        raise _failure(context, exc) from exc
+        raise _failure(context, exc) from None
     for problem in result.problems:
         context.log.warning(problem)
     rows = [

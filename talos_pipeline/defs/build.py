@@ -6,6 +6,7 @@ import dagster as dg
 
 from .assets import per_image_assets, talos_catalog
 from .checks import catalog_files_exist
+from .console import concise_console
 from .jobs import publish_catalog_job, publish_images_job
 from .resources import resources_from_env
 
@@ -23,4 +24,5 @@ def build_definitions() -> dg.Definitions:
         jobs=[publish_images_job, publish_catalog_job],
         sensors=[automation_sensor],
         resources=resources_from_env(),
+        loggers={"console": concise_console},
     )

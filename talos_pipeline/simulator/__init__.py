@@ -1,0 +1,17 @@
+"""Offline upstream simulator: the GitHub releases API and the Talos Image Factory on loopback.
+
+Used by the offline demo, the tests and the benchmarks. Stdlib only.
+"""
+
+from .qcow2 import write_qcow2
+from .releases import DEFAULT_RELEASES, SimulatedRelease, load_releases
+from .server import VANILLA_SCHEMATIC, UpstreamSimulator
+
+__all__ = [
+    "UpstreamSimulator",
+    "SimulatedRelease",
+    "DEFAULT_RELEASES",
+    "VANILLA_SCHEMATIC",
+    "load_releases",
+    "write_qcow2",
+]
