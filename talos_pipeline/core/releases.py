@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .publish import load_records
+from .catalog import load_records
 from .settings import Settings
 from .store import open_store
 from .upstream import FactoryClient, ReleasesClient

@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from talos_pipeline.core.catalog import rebuild_catalog
 from talos_pipeline.core.errors import PipelineError, UpstreamError
 from talos_pipeline.core.images import ImageRef
 from talos_pipeline.core.metadata import metadata_tarball
@@ -21,7 +22,6 @@ from talos_pipeline.core.publish import (
     load_disk_facts,
     load_release,
     publish_record,
-    rebuild_catalog,
     save_release,
     store_metadata_tarball,
 )
