@@ -80,7 +80,36 @@ def run_demo(args: argparse.Namespace) -> int:
         return _serve_demo(args, data_dir, settings, sim)
 
 
-def _serve_demo(args: argparse.Namespace, data_dir: Path, settings: Settings, sim) -> int:
-    from serve.__main__ import serve_demo
+def _incus_conf() -> Path:
+    return Path(os.environ.get("INCUS_CONF") or Path.home() / ".config" / "incus")
 
-    return serve_demo(data_dir=data_dir, port=args.port, settings=settings)
+
+def _serve_demo(args: argparse.Namespace, data_dir: Path, settings: Settings, sim) -> int:
+    """Serve the demo store over HTTPS and tell the user exactly how to point Incus at it."""
+    from serve import generate_self_signed, serve_forever
+
+    cert, key = data_dir / "tls" / "server.crt", data_dir / "tls" / "server.key"
+    if not cert.exists():
+        cert.parent.mkdir(parents=True, exist_ok=True)
+        generate_self_signed(cert, key)
+    url = settings.public_url or f"https://127.0.0.1:{args.port}"
+    pinned = _incus_conf() / "servercerts" / "talos-demo.crt"
+    latest = offered_versions(settings)[-1]
+    _say(f"""
+serving {settings.store} at {url} (TLS 1.3, certificate {cert}); Ctrl-C stops.
+
+Try it with Incus (the remote name must match the pinned certificate's file name):
+  mkdir -p {pinned.parent} && cp {cert} {pinned}
+  incus remote add talos-demo {url} --protocol simplestreams --public
+  incus image list talos-demo:
+  incus image alias list talos-demo:
+  incus launch talos-demo:talos/latest node1 --vm -c security.secureboot=false -c limits.cpu=2 -c limits.memory=4GiB
+Direct URL import (incusd checks the certificate against the system CAs, so start it with
+SSL_CERT_FILE pointing at a bundle that contains {cert}):
+  incus image import {url}/talos/{latest}/amd64 --alias talos-demo-{latest}
+""")
+    serve_forever(
+        open_store(settings.store), "127.0.0.1", args.port, str(cert), str(key),
+        public_url=url, disk_mode=settings.disk_mode, factory_url=sim.factory_url,
+    )
+    return 0
