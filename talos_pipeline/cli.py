@@ -7,7 +7,6 @@ exit 1; success exits 0.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

@@ -11,7 +11,6 @@ import argparse
 import os
 from pathlib import Path
 
-from talos_pipeline.core.errors import PipelineError
 from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.store import open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient

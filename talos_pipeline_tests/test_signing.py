@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -43,8 +41,8 @@ from talos_pipeline_tests.fake_sigstore import (
     ambient_env,
     closed_port_url,
 )
+from talos_pipeline_tests.fake_sigstore.fixtures import run_node
 
-JS_DIR = Path(__file__).parent / "js"
 METADATA = b"incus metadata tarball\x00" * 20
 DISK = os.urandom(256 * 1024)
 DISK_SHA = hashlib.sha256(DISK).hexdigest()
@@ -88,31 +86,6 @@ def signed(fake: FakeSigstore) -> dict[str, bytes]:
             return {"metadata": signer.sign_bytes(METADATA), "disk": signer.sign_digest(DISK_SHA)}
     finally:
         mp.undo()
-
-
-@pytest.fixture(scope="session")
-def node_verifier() -> list[str]:
-    """`node verify.mjs`, with node_modules installed from the committed lockfile if missing."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the sigstore-js cross-check cannot run")
-    if not (JS_DIR / "node_modules" / "@sigstore" / "verify").is_dir():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip("npm is not installed: cannot install the sigstore-js verifier")
-        subprocess.run(
-            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return [node, str(JS_DIR / "verify.mjs")]
-
-
-def run_node(cmd: list[str], *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*cmd, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def regexp(fake: FakeSigstore) -> str:

@@ -226,6 +226,18 @@ def load_disk_facts(store: Store, image: ImageRef) -> DiskFacts:
         ) from None
 
 
+def _signed(store: Store, signer, path: str, sign: Callable[[], bytes]) -> str:
+    """The bundle next to `path`: kept when still valid for this signer, else written anew."""
+    key = signature_key(path)
+    try:
+        if signer.would_keep(store.read_bytes(key)):
+            return key
+    except ObjectMissing:
+        pass
+    store.put_bytes(key, sign())
+    return key
+
+
 def publish_record(
     store: Store, signer, image: ImageRef, release: ReleaseFacts, metadata: PublishedFile, disk: DiskFacts
 ) -> ProductRecord:
@@ -235,12 +247,9 @@ def publish_record(
             f"{image.label}: the disk was hashed against another metadata tarball; rematerialize talos_disk_image"
         )
     metadata_signature = disk_signature = None
-    bundle = signer.sign_bytes(store.read_bytes(metadata.path))
-    if bundle is not None:
-        metadata_signature = signature_key(metadata.path)
-        store.put_bytes(metadata_signature, bundle)
-        disk_signature = signature_key(disk.path)
-        store.put_bytes(disk_signature, signer.sign_digest(disk.sha256))
+    if signer.mode != "none":
+        metadata_signature = _signed(store, signer, metadata.path, lambda: signer.sign_bytes(store.read_bytes(metadata.path)))
+        disk_signature = _signed(store, signer, disk.path, lambda: signer.sign_digest(disk.sha256))
     record = ProductRecord(
         version=image.version,
         arch=image.arch,

@@ -184,6 +184,18 @@ class Signer(ABC):
     def describe(self) -> str:
         """One line for logs: what kind of signature, by whom, verified how."""
 
+    def would_keep(self, bundle_json: bytes) -> bool:
+        """Whether an existing bundle of an unchanged artifact can stay as it is.
+
+        Signatures are not deterministic (ECDSA nonces, fresh certificates), so re-signing on every
+        republish would rewrite objects that must not change. A bundle of the same kind (and, in key
+        mode, the same key) stays; a change of mode or key replaces it.
+        """
+        try:
+            return bundle_kind(bundle_json) == self.mode
+        except SigningError:
+            return False
+
     def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire credentials now (fail fast) instead of at the first signature."""
 
@@ -294,6 +306,12 @@ class KeySigner(Signer):
             },
         }
         return json.dumps(bundle, indent=2).encode() + b"\n"
+
+    def would_keep(self, bundle_json: bytes) -> bool:
+        if not super().would_keep(bundle_json):
+            return False
+        material = _parse_bundle(bundle_json).get("verificationMaterial") or {}
+        return (material.get("publicKey") or {}).get("hint") == self.hint
 
     def sign_bytes(self, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()

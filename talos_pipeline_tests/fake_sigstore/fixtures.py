@@ -10,11 +10,16 @@ Import them where they are needed::
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from .server import FakeSigstore, ambient_env
+
+JS_DIR = Path(__file__).resolve().parent.parent / "js"
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +35,28 @@ def sigstore_ambient(fake_sigstore: FakeSigstore, monkeypatch: pytest.MonkeyPatc
     for name, value in ambient_env(fake_sigstore).items():
         monkeypatch.setenv(name, value)
     return fake_sigstore
+
+
+@pytest.fixture(scope="session")
+def node_verifier() -> list[str]:
+    """`node verify.mjs`, with node_modules installed from the committed lockfile if missing."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the sigstore-js cross-check cannot run")
+    if not (JS_DIR / "node_modules" / "@sigstore" / "verify").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed: cannot install the sigstore-js verifier")
+        subprocess.run(
+            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return [node, str(JS_DIR / "verify.mjs")]
+
+
+def run_node(cmd: list[str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cmd, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )

@@ -1,0 +1,116 @@
+"""Signing through the pipeline: keyless against the loopback fake Sigstore (driven only by
+environment variables, as in GitHub Actions), key mode, and `talos-pipeline verify`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from talos_pipeline.cli import main
+from talos_pipeline.launch import publish
+from talos_pipeline_tests.fake_sigstore import GITHUB_ISSUER, FakeSigstore, ambient_env
+from talos_pipeline_tests.fake_sigstore.fixtures import run_node
+
+from .conftest import tree_digest
+
+
+def _items(store: Path) -> list[dict]:
+    images = json.loads((store / "streams/v1/images.json").read_text())
+    return [item for p in images["products"].values() for v in p["versions"].values() for item in v["items"].values()]
+
+
+@pytest.fixture
+def keyless(pipeline_env, sigstore_ambient, monkeypatch) -> Path:
+    monkeypatch.setenv("TALOS_SIGNING", "sigstore")
+    monkeypatch.setenv("TALOS_VARIANTS", "nocloud")
+    return pipeline_env
+
+
+def _verify(capsys, *args: str) -> tuple[int, str]:
+    code = main(["verify", *args])
+    return code, capsys.readouterr().out
+
+
+def test_keyless_bundles_verify_with_the_identity_policy(keyless, sigstore_ambient: FakeSigstore, capsys, node_verifier):
+    issued = sigstore_ambient.counters.fulcio_certificates_issued
+    outcome = publish(["v1.12.0"], ["amd64"])
+    assert outcome.ok, outcome.failed
+    assert sigstore_ambient.counters.fulcio_certificates_issued - issued == 1, "one certificate per run"
+    items = _items(keyless)
+    assert items and all(item["signature"].endswith(".sigstore.json") for item in items)
+    code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
+                        "--certificate-oidc-issuer", GITHUB_ISSUER)
+    assert code == 0, out
+    for item in items:
+        result = run_node(node_verifier, "--bundle", keyless / item["signature"], "--artifact", keyless / item["path"],
+                          "--trusted-root", sigstore_ambient.trusted_root_path, "--san", sigstore_ambient.expected_san(),
+                          "--issuer", GITHUB_ISSUER)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_keyless_republish_keeps_the_store_byte_identical(keyless):
+    assert publish(["v1.12.0"], ["amd64"]).ok
+    before = tree_digest(keyless)
+    assert publish(["v1.12.0"], ["amd64"]).ok
+    assert tree_digest(keyless) == before
+
+
+def test_verify_rejects_wrong_identity_issuer_root_and_tampering(keyless, sigstore_ambient, capsys, tmp_path):
+    assert publish(["v1.12.0"], ["amd64"]).ok
+    evil = sigstore_ambient.identity_regexp().rstrip("/") + "-evil/"
+    code, out = _verify(capsys, "--certificate-identity-regexp", evil, "--certificate-oidc-issuer", GITHUB_ISSUER)
+    assert code == 1 and "does not match regexp" in out
+    code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
+                        "--certificate-oidc-issuer", "https://accounts.example.com")
+    assert code == 1 and "issuer" in out
+    with FakeSigstore() as other:
+        code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
+                            "--certificate-oidc-issuer", GITHUB_ISSUER, "--trust-config", str(other.trust_config_path))
+    assert code == 1 and "problem" in out
+    tarball = next(keyless.glob("images/**/incus-*.tar.xz"))
+    tarball.write_bytes(tarball.read_bytes()[:-1] + b"\0")
+    code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
+                        "--certificate-oidc-issuer", GITHUB_ISSUER)
+    assert code == 1 and tarball.name in out
+
+
+def test_a_forged_token_publishes_nothing(pipeline_env, fake_sigstore, monkeypatch, capsys):
+    for name, value in ambient_env(fake_sigstore, kind="forged").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TALOS_SIGNING", "sigstore")
+    assert main(["publish", "v1.12.0", "--arch", "amd64", "--variant", "nocloud"]) == 1
+    out = capsys.readouterr().out
+    assert "Fulcio" in out and "FAILED v1.12.0 amd64" in out
+    assert not (pipeline_env / "records").exists()
+    assert not (pipeline_env / "streams").exists()
+
+
+def test_key_mode_round_trip_with_cosign_format_bundles(pipeline_env, monkeypatch, tmp_path, capsys, node_verifier):
+    assert main(["keygen", "--output", str(tmp_path / "k")]) == 0
+    monkeypatch.setenv("TALOS_SIGNING", "key")
+    monkeypatch.setenv("TALOS_SIGNING_KEY", str(tmp_path / "k.key"))
+    assert publish(["v1.11.6"], ["arm64"]).ok
+    before = tree_digest(pipeline_env)
+    assert publish(["v1.11.6"], ["arm64"]).ok
+    assert tree_digest(pipeline_env) == before, "key-mode bundles are not rewritten on republish"
+    capsys.readouterr()
+    code, out = _verify(capsys, "--key", str(tmp_path / "k.pub"))
+    assert code == 0, out
+    for item in _items(pipeline_env):
+        bundle = json.loads((pipeline_env / item["signature"]).read_text())
+        assert bundle["verificationMaterial"]["tlogEntries"] == [] and "publicKey" in bundle["verificationMaterial"]
+        result = run_node(node_verifier, "--bundle", pipeline_env / item["signature"], "--artifact",
+                          pipeline_env / item["path"], "--key", tmp_path / "k.pub")
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert main(["keygen", "--output", str(tmp_path / "other")]) == 0
+    capsys.readouterr()
+    code, out = _verify(capsys, "--key", str(tmp_path / "other.pub"))
+    assert code == 1 and "problem" in out
+
+
+def test_unsigned_stores_say_so(pipeline_env, capsys):
+    assert publish(["v1.12.0"], ["amd64"], ["nocloud"]).ok
+    code, out = _verify(capsys)
+    assert code == 0 and "unsigned (published with TALOS_SIGNING=none)" in out
