@@ -110,8 +110,24 @@ class StorePart:
     size: int
 
     def read(self, start: int, end: int) -> Iterator[bytes]:
-        if end > start:
-            yield from self.store.iter_range(self.key, start, end, CHUNK)
+        """Bytes [start, end); a failing or short read cuts the response off (`StreamAborted`)."""
+        if end <= start:
+            return
+        received = 0
+        try:
+            for chunk in self.store.iter_range(self.key, start, end, CHUNK):
+                received += len(chunk)
+                yield chunk
+        except GeneratorExit:
+            raise
+        except Exception as exc:  # noqa: BLE001 (a vanished file, an S3 error mid-body)
+            log.error("store: reading %s failed after %d of %d bytes (%s: %s)",
+                      self.key, received, end - start, type(exc).__name__, exc)  # fmt: skip
+            raise StreamAborted(f"{self.key}: store read failed") from exc
+        if received != end - start:
+            log.error("store: %s ended after %d of %d bytes (changed since it was published?)",
+                      self.key, received, end - start)  # fmt: skip
+            raise StreamAborted(f"{self.key}: short read")
 
 
 @dataclass

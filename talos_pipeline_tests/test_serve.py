@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from serve import create_app, generate_self_signed, start_in_thread
 from serve.catalog import parse_catalog
 from serve.tls import server_ssl_context
+from talos_pipeline.core.errors import StoreError
 from talos_pipeline.core.images import IMAGES_KEY, INDEX_KEY
 from talos_pipeline.core.metadata import read_metadata_yaml
 from talos_pipeline.core.store import DirectoryStore
@@ -514,6 +515,47 @@ def test_corrupt_or_missing_store_objects_fail_loudly(copied_store, tls, caplog)
         path.unlink()
         assert running.get("/" + record["disk"]["path"]).status_code == 404
         assert running.metrics["store_missing"] == 1
+    finally:
+        stop()
+
+
+class FlakyStore(DirectoryStore):
+    """A store that can be switched off, like an S3 endpoint going away."""
+
+    broken = False
+
+    def _check(self) -> None:
+        if self.broken:
+            raise StoreError("simulated outage: the bucket does not answer")
+
+    def stat(self, key):
+        self._check()
+        return super().stat(key)
+
+    def read_bytes(self, key):
+        self._check()
+        return super().read_bytes(key)
+
+
+def test_store_outage_is_503_and_the_catalog_keeps_being_served(mirror, tls, caplog):
+    store = FlakyStore(mirror.root)
+    running, stop = _start(store, tls, refresh_seconds=0.1)
+    try:
+        record = mirror.record("v1.12.0", "amd64")
+        assert running.get("/" + record.disk.path).status_code == 200
+        store.broken = True
+        time.sleep(0.15)
+        response = running.get("/" + record.disk.path)
+        assert response.status_code == 503 and "not available" in response.text
+        assert running.get("/streams/v1/images.json").status_code == 200  # last good catalog, from memory
+        health = running.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["error"] == "the catalog cannot be read from the store"
+        assert str(mirror.root) not in health.text and "bucket" not in health.text
+        assert any("simulated outage" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+        store.broken = False
+        time.sleep(0.15)
+        assert running.get("/healthz").status_code == 200
     finally:
         stop()
 
