@@ -10,6 +10,8 @@ import pytest
 
 from talos_pipeline.simulator import UpstreamSimulator
 
+pytest_plugins = ["talos_pipeline_tests.fake_sigstore.fixtures"]
+
 SMALL_DISK = 1024 * 1024
 
 
