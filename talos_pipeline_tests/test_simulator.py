@@ -650,3 +650,22 @@ def test_cli_bad_releases_file(tmp_path, capsys):
     bad.write_text("[{}]")
     assert main(["--port", "0", "--releases", str(bad)]) == 2
     assert "entry 0" in capsys.readouterr().err
+
+
+def test_more_body_faults_and_redirect_chains(qcow2_cache):
+    import requests
+
+    with UpstreamSimulator(disk_size=256 * 1024, cache_dir=qcow2_cache) as sim:
+        url = sim.image_url("v1.12.0", "amd64")
+        whole = requests.get(url, timeout=10).content
+        sim.set_fault("/image/", "overlong", count=1)
+        assert requests.get(url, timeout=10).content == whole, "the client reads Content-Length bytes only"
+        sim.stall_seconds = 0.5
+        sim.set_fault("/image/", "stall", count=1)
+        start = time.monotonic()
+        assert requests.get(url, timeout=10).content == whole
+        assert time.monotonic() - start >= 0.5
+        sim.set_fault("/image/", "redirect_chain", count=1)
+        response = requests.get(url, timeout=10)
+        assert [r.status_code for r in response.history] == [302] * sim.redirect_hops
+        assert response.content == whole

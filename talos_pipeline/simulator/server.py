@@ -65,9 +65,10 @@ UPLOADS = "https://uploads.github.com"
 
 # Faults answered before routing (status faults) and faults applied to a 200 response body.
 _STATUS_FAULTS = ("500", "503", "429", "403")
-_BODY_FAULTS = ("truncate", "reset")
+_BODY_FAULTS = ("truncate", "reset", "overlong", "stall")
 _DELAY_FAULTS = ("slow_first_byte",)
-FAULTS = frozenset(_STATUS_FAULTS + _BODY_FAULTS + _DELAY_FAULTS)
+_REDIRECT_FAULTS = ("redirect_chain",)
+FAULTS = frozenset(_STATUS_FAULTS + _BODY_FAULTS + _DELAY_FAULTS + _REDIRECT_FAULTS)
 # Bump when the image recipe changes so a reused cache_dir never serves stale bytes.
 _IMAGE_RECIPE = "q1"
 
@@ -118,6 +119,10 @@ class UpstreamSimulator:
 
     #: seconds the ``slow_first_byte`` fault waits before answering
     slow_first_byte_seconds: float = 2.0
+    #: seconds the ``stall`` fault pauses in the middle of a body
+    stall_seconds: float = 2.0
+    #: hops of the ``redirect_chain`` fault before the real answer
+    redirect_hops: int = 3
     #: ``retry-after`` sent with the ``429`` fault
     fault_retry_after: int = 1
     #: seconds until ``x-ratelimit-reset`` for the ``403``/``429`` faults
@@ -399,7 +404,9 @@ class UpstreamSimulator:
 
         ``count=None``: every matching request until `clear_faults`; else the next ``count``.
         Status faults (500, 503, 429, 403) replace the answer; ``slow_first_byte`` delays it;
-        ``truncate`` / ``reset`` apply to the next matching 200 response that has a body.
+        ``truncate`` / ``reset`` / ``overlong`` (junk after Content-Length bytes) / ``stall``
+        (a pause of `stall_seconds` mid-body) apply to the next matching 200 response that has a
+        body; ``redirect_chain`` answers `redirect_hops` 302s before the real answer.
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
@@ -641,8 +648,22 @@ class _Handler(BaseHTTPRequestHandler):
         elif body_fault == "reset":
             self._send_body(body, file, length // 4)
             self._reset_connection()
+        elif body_fault == "overlong":
+            self._send_body(body, file, length)
+            self.wfile.write(b"\0JUNK AFTER CONTENT-LENGTH\0" * 64)
+            self.close_connection = True
+        elif body_fault == "stall":
+            self._send_body(body, file, length // 2)
+            time.sleep(self.sim.stall_seconds)
+            self._send_body_from(body, file, length // 2, length)
         else:
             self._send_body(body, file, length)
+
+    def _send_body_from(self, body: bytes, file, start: int, end: int) -> None:
+        if file is None:
+            self.wfile.write(body[start:end])
+        else:
+            self.connection.sendfile(file, start, end - start)
 
     def _send_body(self, body: bytes, file, count: int) -> None:
         if count <= 0:
@@ -724,6 +745,12 @@ class _Handler(BaseHTTPRequestHandler):
         fault = sim._take_fault(path, _STATUS_FAULTS)
         if fault is not None:
             self._fault_answer(fault)
+            return
+        hop = dict(query).get("hop", "")
+        hops = int(hop) if hop.isdigit() else 0
+        if self.command == "GET" and (hops or sim._take_fault(path, _REDIRECT_FAULTS)) and hops < sim.redirect_hops:
+            location = f"{self._base_url()}{path}?hop={hops + 1}"
+            self._respond(302, b"", content_type=None, headers={"Location": location})
             return
         if path.startswith(("/repos/", "/repositories/")) or path == "/rate_limit":
             self._github(path, query)
