@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from talos_pipeline.core.errors import ConfigError, StoreError
 from talos_pipeline.core.hashing import sha256_hex
 from talos_pipeline.core.metadata import UnifiedLayout, layout_for, read_metadata_yaml
+from talos_pipeline.core.settings import DISK_MODES, check_choice
 from talos_pipeline.core.store import ObjectMissing, Store, content_type_for
 from talos_pipeline.core.variants import ARCHES
 
@@ -57,7 +58,6 @@ from .streams import (
 log = logging.getLogger("serve")
 access_log = logging.getLogger("serve.access")
 
-DISK_MODES = ("mirror", "proxy")
 # Request line + headers. uvicorn's h11 parser enforces the same bound on heads that arrive in
 # pieces (`h11_max_incomplete_event_size`); a head that arrives whole is measured here.
 MAX_REQUEST_HEAD = 16 * 1024
@@ -234,8 +234,7 @@ class _Server:
         retain_seconds: float,
         verify_reads: bool,
     ) -> None:
-        if disk_mode not in DISK_MODES:
-            raise ConfigError(f"TALOS_DISK_MODE={disk_mode!r} is not valid: use one of {', '.join(DISK_MODES)}")
+        check_choice("TALOS_DISK_MODE", disk_mode, DISK_MODES)
         self.store = store
         self.public_url = check_public_url(public_url)
         self.disk_mode = disk_mode

@@ -28,7 +28,6 @@ from .records import ProductRecord, PublishedFile
 from .store import CHUNK, ObjectMissing, Store
 from .upstream import READ_TIMEOUT, FactoryClient, ReleasesClient
 
-DISK_MODES = ("mirror", "proxy")
 Log = Callable[[str], None]
 PROGRESS_INTERVAL = 5.0
 
