@@ -7,7 +7,6 @@ response is in memory at a time.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -16,6 +15,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import requests
 
+from talos_pipeline.core.hashing import HashThread
 from talos_pipeline.core.store import CHUNK, Store
 from talos_pipeline.core.upstream import CONNECT_TIMEOUT, READ_TIMEOUT, USER_AGENT
 
@@ -175,10 +175,11 @@ def verified(
     `StreamAborted` is raised *before* the held-back chunk is sent: the client never receives the
     full Content-Length, so it cannot mistake the body for a complete, valid file.
     """
-    digest = hashlib.sha256()
+    digest = HashThread(depth=2)
     seen = 0
     pending = b""
     iterator = iter(chunks)
+    finished = False
     try:
         for chunk in iterator:
             if not chunk:
@@ -191,13 +192,16 @@ def verified(
             if pending:
                 yield pending
             pending = chunk
-        actual = digest.hexdigest()
+        actual = digest.finish()
+        finished = True
         if seen != size or actual != sha256:
             on_mismatch(seen, actual)
             raise StreamAborted(f"body has {seen} bytes, sha256 {actual}; expected {size} bytes, sha256 {sha256}")
         if pending:
             yield pending
     finally:
+        if not finished:
+            digest.abandon()
         close_quietly(iterator)
 
 

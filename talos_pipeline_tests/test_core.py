@@ -185,3 +185,10 @@ def test_directory_store_is_atomic_idempotent_and_confined(tmp_path):
     for bad in ("../x", "/etc/passwd", "a/../../x", "a//b", "a\\b", ".tmp/x", "a/.."):
         with pytest.raises(StoreError):
             check_key(bad)
+
+
+def test_boolean_settings_parse_or_name_the_value():
+    assert Settings.from_env({"TALOS_VERIFY_READS": "true"}).verify_reads is True
+    assert Settings.from_env({"TALOS_VERIFY_READS": "0"}).verify_reads is False
+    with pytest.raises(ConfigError, match="TALOS_VERIFY_READS='maybe'"):
+        Settings.from_env({"TALOS_VERIFY_READS": "maybe"})

@@ -495,7 +495,7 @@ def test_host_header_is_validated_and_public_url_wins(server, mirror, tls):
 # --------------------------------------------------------------------------- integrity of the store
 def test_corrupt_or_missing_store_objects_fail_loudly(copied_store, tls, caplog):
     caplog.set_level(logging.INFO, logger="serve")
-    running, stop = _start(copied_store, tls)
+    running, stop = _start(copied_store, tls, verify_reads=True)
     try:
         record = json.loads(copied_store.read_bytes("records/v1.12.0/amd64/nocloud.json"))
         path = copied_store.path_for(record["disk"]["path"])

@@ -19,12 +19,12 @@ _QUEUE_DEPTH = 8
 _STOP = None
 
 
-class _HashThread:
-    """A sha256 fed from a bounded queue on a background thread."""
+class HashThread:
+    """A sha256 fed from a bounded queue on a background thread, so hashing overlaps I/O."""
 
-    def __init__(self, initial: bytes = b"") -> None:
+    def __init__(self, initial: bytes = b"", depth: int = _QUEUE_DEPTH) -> None:
         self._hash = hashlib.sha256(initial)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, daemon=True, name="sha256")
         self._thread.start()
 
@@ -65,9 +65,9 @@ class ImageDigester:
     def __init__(self, metadata_tarball: bytes, unified_prefix: bytes, unified_suffix: Callable[[int], bytes]):
         self._unified_prefix_size = len(unified_prefix)
         self._unified_suffix = unified_suffix
-        self._disk = _HashThread()
-        self._combined = _HashThread(metadata_tarball)
-        self._unified = _HashThread(unified_prefix)
+        self._disk = HashThread()
+        self._combined = HashThread(metadata_tarball)
+        self._unified = HashThread(unified_prefix)
         self.size = 0
 
     def update(self, chunk: bytes) -> None:

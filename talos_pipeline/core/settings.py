@@ -32,6 +32,15 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean: use true or false")
+
+
 @dataclass(frozen=True)
 class Settings:
     store: str = field(default_factory=default_store)
@@ -46,6 +55,7 @@ class Settings:
     trust_config: str | None = None
     disk_mode: str = "mirror"
     public_url: str | None = None
+    verify_reads: bool = False
 
     ENV = {
         "store": "TALOS_STORE",
@@ -60,12 +70,17 @@ class Settings:
         "trust_config": "TALOS_SIGSTORE_TRUST_CONFIG",
         "disk_mode": "TALOS_DISK_MODE",
         "public_url": "TALOS_PUBLIC_URL",
+        "verify_reads": "TALOS_VERIFY_READS",
     }
+    BOOLEANS = ("verify_reads",)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
-        values = {attr: environ[var] for attr, var in cls.ENV.items() if environ.get(var)}
+        values: dict[str, object] = {attr: environ[var] for attr, var in cls.ENV.items() if environ.get(var)}
+        for attr in cls.BOOLEANS:
+            if attr in values:
+                values[attr] = parse_bool(cls.ENV[attr], str(values[attr]))
         return cls(**values).validated()
 
     def validated(self) -> "Settings":

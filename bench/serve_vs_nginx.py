@@ -1,0 +1,413 @@
+"""`serve/` against nginx serving the same published store directory, in the same run.
+
+Builds a store with `talos-pipeline publish` from the upstream simulator: one large image
+(`--size-mib`, default 512: Talos v1.12.0 amd64 nocloud) plus 12 small ones so that
+`images.json` has a realistic size (13 products, ~18 KB). Then serves that directory with:
+
+* nginx (Debian's nginx-light; `worker_processes auto`, `sendfile on`, access log on, TLS 1.3 only
+  with the same self-signed certificate from `serve.tls.generate_self_signed`), HTTP and HTTPS;
+* `python -m serve --workers N` (uvicorn, the project's production options, access log on),
+  HTTP and HTTPS, for every N in `--worker-counts` (default 1,2);
+* `serve/` with `create_app(..., verify_reads=False)` (this file's `--serve-child` mode runs it
+  with the same uvicorn options), to show what re-hashing full-body reads costs.
+
+Figures: requests/s of `wrk -t2 -c32 -d10s` on `streams/v1/images.json` (200) and with
+`If-None-Match: <etag>` (304), median of `--rounds`; MB/s of the disk download (`curl -o
+/dev/null`, median of `--repeat`), alone and as the total of `--parallel` simultaneous HTTPS
+downloads; peak RSS of the serve process tree during the downloads (sampled every 50 ms).
+All servers run side by side and every figure is taken in interleaved rounds, so load from
+elsewhere on the machine hits serve/ and nginx alike; the load average is printed with the table.
+Note that wrk/curl share the machine's cores with the server under test.
+Every server listens on 127.0.0.1 only and is stopped at the end.
+
+    .venv/bin/python bench/serve_vs_nginx.py [--size-mib 512] [--workers 2] [--worker-counts 1,2]
+        [--seconds 10] [--rounds 3] [--repeat 3] [--parallel 4] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    MIB,
+    VENV_BIN,
+    Row,
+    RssSampler,
+    append_output,
+    free_port,
+    print_table,
+    publish_into,
+    stop_process,
+    wait_for_url,
+)
+
+HOST = "127.0.0.1"
+BIG = ("v1.12.0", "amd64", "nocloud")
+FILLER_VERSIONS = ["v1.11.5", "v1.11.6", "v1.12.1"]
+# The worker count recommended for a 2-core machine (see `--worker-counts` and the README).
+RECOMMENDED_WORKERS = 2
+
+
+# --------------------------------------------------------------------------- the verify_reads=True child
+def app_without_verify():
+    """uvicorn factory (`bench.serve_vs_nginx:app_without_verify`): the app from the environment,
+    with `verify_reads=True` (TALOS_VERIFY_READS=true); the name is kept for the child's label."""
+    from serve import create_app
+    from talos_pipeline.core.settings import Settings
+    from talos_pipeline.core.store import open_store
+
+    settings = Settings.from_env()
+    return create_app(open_store(settings.store), public_url=settings.public_url,
+                      disk_mode=settings.disk_mode, factory_url=settings.factory_url, verify_reads=True)
+
+
+def serve_child(argv: list[str]) -> int:
+    """`--serve-child PORT WORKERS [CERT KEY]`: what `python -m serve` does, with `app_without_verify`."""
+    import uvicorn
+
+    from serve.server import logging_config, uvicorn_options
+
+    port, workers = int(argv[0]), int(argv[1])
+    cert, key = (argv[2], argv[3]) if len(argv) >= 4 else (None, None)
+    options = uvicorn_options(HOST, port, cert, key, log_config=logging_config("info"))
+    uvicorn.run("bench.serve_vs_nginx:app_without_verify", factory=True, workers=workers, **options)
+    return 0
+
+
+# --------------------------------------------------------------------------- servers
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes auto;
+user root;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    types {{ application/json json; application/octet-stream qcow2; application/x-xz xz; }}
+    default_type application/octet-stream;
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 5s;
+    server {{
+        listen {host}:{http_port};
+        root {root};
+    }}
+    server {{
+        listen {host}:{https_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        root {root};
+    }}
+}}
+"""
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen
+    http: str
+    https: str
+
+    def base(self, scheme: str) -> str:
+        return self.http if scheme == "http" else self.https
+
+
+def start_nginx(workdir: Path, root: Path, cert: Path, key: Path) -> Server:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        raise SystemExit("nginx is needed for the baseline: apt-get install -y nginx-light")
+    prefix = workdir / "nginx"
+    (prefix / "tmp").mkdir(parents=True)
+    http_port, https_port = free_port(), free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, host=HOST, http_port=http_port, https_port=https_port,
+                                      root=root, cert=cert, key=key))
+    check = subprocess.run([nginx, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                           capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        raise SystemExit(f"nginx -t failed:\n{check.stderr}")
+    with open(prefix / "stderr.log", "wb") as stderr:
+        proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    server = Server("nginx", proc, f"http://{HOST}:{http_port}", f"https://{HOST}:{https_port}")
+    for base in (server.http, server.https):
+        wait_for_url(base + "/streams/v1/index.json", cafile=str(cert), proc=proc)
+    return server
+
+
+def start_serve(workdir: Path, store: Path, cert: Path, key: Path, workers: int, verify: bool,
+                schemes: tuple[str, ...] = ("http", "https")) -> list[Server]:
+    """serve/ instances on the store, one per scheme (plain HTTP and HTTPS; one process tree each).
+
+    `verify=True` runs the real `python -m serve`; `verify=False` this file's `--serve-child`."""
+    env = dict(os.environ, TALOS_STORE=str(store))
+    for name in ("TALOS_PUBLIC_URL", "TALOS_DISK_MODE", "TALOS_FACTORY_URL", "DAGSTER_HOME"):
+        env.pop(name, None)
+    servers = []
+    for scheme in schemes:
+        port = free_port()
+        tls = [str(cert), str(key)] if scheme == "https" else []
+        if verify:
+            cmd = [str(VENV_BIN / "python"), "-m", "serve", "--host", HOST, "--port", str(port),
+                   "--workers", str(workers)]
+            if tls:
+                cmd += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+        else:
+            cmd = [str(VENV_BIN / "python"), str(Path(__file__).resolve()), "--serve-child", str(port), str(workers), *tls]
+        label = f"serve-{workers}w-{'verify' if verify else 'noverify'}-{scheme}"
+        with open(workdir / f"{label}.log", "wb") as stderr:
+            proc = subprocess.Popen(cmd, env=env, cwd=str(Path(__file__).resolve().parent.parent),
+                                    stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        base = f"{scheme}://{HOST}:{port}"
+        servers.append(Server(label, proc, base, base))
+    for server in servers:
+        wait_for_url(server.http + "/streams/v1/index.json", cafile=str(cert), proc=server.proc, timeout=60)
+    return servers
+
+
+# --------------------------------------------------------------------------- clients
+def fetch(url: str, cafile: Path, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+    scheme, rest = url.split("://", 1)
+    hostport, path = rest.split("/", 1)
+    if scheme == "https":
+        conn = http.client.HTTPSConnection(hostport, timeout=30, context=ssl.create_default_context(cafile=str(cafile)))
+    else:
+        conn = http.client.HTTPConnection(hostport, timeout=30)
+    try:
+        conn.request(method, "/" + path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def wrk(url: str, seconds: int, threads: int, connections: int, headers: dict[str, str] | None = None) -> float:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
+    cmd.append(url)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"wrk failed: {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    errors = re.search(r"Socket errors: (.*)", out.stdout)
+    if bad or errors:
+        raise SystemExit(f"wrk saw errors against {url}:\n{out.stdout}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
+
+
+def json_rps(server: Server, scheme: str, cafile: Path, args) -> dict[str, float]:
+    """requests/s for images.json: 200 and 304 (If-None-Match), after checking both answers."""
+    url = server.base(scheme) + "/streams/v1/images.json"
+    status, headers, body = fetch(url, cafile)
+    if status != 200 or not body:
+        raise SystemExit(f"{url}: {status}")
+    tag = headers["etag"]
+    status, _, _ = fetch(url, cafile, {"If-None-Match": tag})
+    if status != 304:
+        raise SystemExit(f"{url} with If-None-Match {tag}: {status}, expected 304")
+    return {
+        "200": wrk(url, args.seconds, args.threads, args.connections),
+        "304": wrk(url, args.seconds, args.threads, args.connections, {"If-None-Match": tag}),
+    }
+
+
+def curl_download(url: str, cafile: Path, size: int) -> float:
+    """MB/s of one download to /dev/null (curl's own figure), checking status and length."""
+    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{speed_download}",
+           "--cacert", str(cafile), "--max-time", "300"]
+    if url.startswith("https"):
+        cmd.append("--tlsv1.3")
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=320, check=False)
+    code, got, speed = out.stdout.split()
+    if out.returncode != 0 or code != "200" or int(got) != size:
+        raise SystemExit(f"download of {url} failed: curl exit {out.returncode}, HTTP {code}, {got} of {size} bytes")
+    return float(speed) / 1e6
+
+
+def download(server: Server, scheme: str, disk_path: str, cafile: Path, size: int) -> tuple[float, RssSampler]:
+    """One download's MB/s, with the server's RSS sampled every 50 ms meanwhile."""
+    with RssSampler(server.proc.pid, 0.05) as sampler:
+        speed = curl_download(f"{server.base(scheme)}/{disk_path}", cafile, size)
+    return speed, sampler
+
+
+def parallel_downloads(server: Server, scheme: str, disk_path: str, cafile: Path, size: int, count: int) -> float:
+    """Aggregate MB/s of `count` simultaneous downloads (total bytes / wall time), each checked."""
+    import concurrent.futures
+
+    url = f"{server.base(scheme)}/{disk_path}"
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        list(pool.map(lambda _: curl_download(url, cafile, size), range(count)))
+    return count * size / (time.perf_counter() - started) / 1e6
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+# --------------------------------------------------------------------------- the run
+def disk_item(store: Path) -> tuple[str, int, str]:
+    catalog = json.loads((store / "streams/v1/images.json").read_text())
+    version, arch, variant = BIG
+    product = catalog["products"][f"talos:{version}:{arch}:{variant}"]
+    items = next(iter(product["versions"].values()))["items"]
+    disk = next(item for item in items.values() if item["ftype"] == "disk-kvm.img")
+    return disk["path"], disk["size"], disk["sha256"]
+
+
+def ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:.2f}×" if baseline else "-"
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-child":
+        return serve_child(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=512, help="data in the large disk image [512]")
+    parser.add_argument("--workers", type=int, default=RECOMMENDED_WORKERS,
+                        help=f"serve/ workers for the download figures [{RECOMMENDED_WORKERS}]")
+    parser.add_argument("--worker-counts", default="1,2", help="serve/ worker counts for the JSON figures [1,2]")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per figure [10]")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads [2]")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections [32]")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved wrk rounds per figure (median) [3]")
+    parser.add_argument("--repeat", type=int, default=3, help="downloads per figure (median) [3]")
+    parser.add_argument("--parallel", type=int, default=4, help="simultaneous HTTPS downloads for the total MB/s [4]")
+    parser.add_argument("--output", help="also append the table to this file")
+    args = parser.parse_args()
+    counts = sorted({int(n) for n in args.worker_counts.split(",") if n.strip()} | {args.workers})
+    for tool in ("wrk", "curl"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is needed: apt-get install -y {tool}")
+
+    from serve.tls import generate_self_signed
+    from talos_pipeline.simulator import UpstreamSimulator
+
+    workdir = Path(tempfile.mkdtemp(prefix="talos-bench-serve-"))
+    os.chmod(workdir, 0o755)
+    running: list[Server] = []
+    rows: list[Row] = []
+    try:
+        store = workdir / "store"
+        store.mkdir()
+        print(f"publishing a {args.size_mib} MiB image and 12 small ones into {store} ...", file=sys.stderr, flush=True)
+        with UpstreamSimulator(disk_size=args.size_mib * MIB, cache_dir=str(workdir / "cache-big")) as big:
+            publish_into(store, big, [BIG[0]], [BIG[1]], [BIG[2]])
+        with UpstreamSimulator(disk_size=MIB, cache_dir=str(workdir / "cache-small")) as small:
+            publish_into(store, small, FILLER_VERSIONS, ["amd64", "arm64"])
+        shutil.rmtree(workdir / "cache-big", ignore_errors=True)
+        disk_path, disk_size, _sha = disk_item(store)
+        images_kb = (store / "streams/v1/images.json").stat().st_size / 1000
+        cert, key = workdir / "cert.pem", workdir / "key.pem"
+        generate_self_signed(cert, key, hosts=(HOST, "localhost"))
+
+        nginx = start_nginx(workdir, store, cert, key)
+        running.append(nginx)
+        # Every server runs for the whole measurement (idle ones cost nothing) and the figures are
+        # taken in interleaved rounds, so that a load spike from elsewhere hits all of them alike.
+        targets: dict[str, Server] = {"nginx-http": nginx, "nginx-https": nginx}
+        for workers in counts:
+            http_server, https_server = start_serve(workdir, store, cert, key, workers, verify=True)
+            running += [http_server, https_server]
+            targets[f"serve{workers}-http"], targets[f"serve{workers}-https"] = http_server, https_server
+        http_server, https_server = start_serve(workdir, store, cert, key, args.workers, verify=False)
+        running += [http_server, https_server]
+        targets["noverify-http"], targets["noverify-https"] = http_server, https_server
+        load_before = load_average()
+
+        # Warm the page cache (and check that nginx serves the whole file) before measuring anything.
+        curl_download(f"{nginx.http}/{disk_path}", cert, disk_size)
+        json_targets = ["nginx"] + [f"serve{n}" for n in counts]
+        rps: dict[tuple[str, str, str], list[float]] = {}
+        for round_ in range(args.rounds):
+            for scheme in ("http", "https"):
+                for name in json_targets:
+                    for case, value in json_rps(targets[f"{name}-{scheme}"], scheme, cert, args).items():
+                        rps.setdefault((name, scheme, case), []).append(value)
+            print(f"round {round_ + 1}/{args.rounds} of wrk done", file=sys.stderr, flush=True)
+        speeds: dict[tuple[str, str], list[float]] = {}
+        peaks: dict[tuple[str, str], tuple[int, int]] = {}
+        for _ in range(args.repeat):
+            for scheme in ("http", "https"):
+                for name in ("nginx", f"serve{args.workers}", "noverify"):
+                    speed, sampler = download(targets[f"{name}-{scheme}"], scheme, disk_path, cert, disk_size)
+                    speeds.setdefault((name, scheme), []).append(speed)
+                    total, single = peaks.get((name, scheme), (0, 0))
+                    peaks[(name, scheme)] = (max(total, sampler.peak_total), max(single, sampler.peak_single))
+        parallel: dict[str, list[float]] = {}
+        for _ in range(args.repeat):
+            for name in json_targets:
+                parallel.setdefault(name, []).append(
+                    parallel_downloads(targets[f"{name}-https"], "https", disk_path, cert, disk_size, args.parallel))
+        load_after = load_average()
+    finally:
+        for server in running:
+            stop_process(server.proc, timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    med = statistics.median
+    w = lambda n: f"{n} worker{'s' if n > 1 else ''}"
+    for scheme in ("http", "https"):
+        for case, label in (("200", "200"), ("304", "304 (If-None-Match)")):
+            base = med(rps[("nginx", scheme, case)])
+            for workers in counts:
+                value = med(rps[(f"serve{workers}", scheme, case)])
+                rows.append(Row(f"images.json ({images_kb:.0f} KB) {label}, {scheme.upper()}, serve {w(workers)}",
+                                f"{value:,.0f} req/s", f"nginx {base:,.0f} req/s", ratio(value, base)))
+    mib = disk_size / MIB
+    kinds = ((f"serve{args.workers}", "default (verify_reads off)"), ("noverify", "TALOS_VERIFY_READS=true"))
+    for kind, label in kinds:
+        for scheme in ("http", "https"):
+            value, base = med(speeds[(kind, scheme)]), med(speeds[("nginx", scheme)])
+            rows.append(Row(f"disk download {mib:.0f} MiB, {scheme.upper()}, serve {w(args.workers)}, {label}",
+                            f"{value:,.0f} MB/s", f"nginx sendfile {base:,.0f} MB/s", ratio(value, base)))
+    base = med(parallel["nginx"])
+    for workers in counts:
+        value = med(parallel[f"serve{workers}"])
+        rows.append(Row(f"{args.parallel} simultaneous disk downloads, HTTPS, serve {w(workers)}, default: total",
+                        f"{value:,.0f} MB/s", f"nginx {base:,.0f} MB/s", ratio(value, base)))
+    for kind, label in kinds:
+        for scheme in ("http", "https"):
+            (total, single), (base_total, base_single) = peaks[(kind, scheme)], peaks[("nginx", scheme)]
+            rows.append(Row(
+                f"peak RSS during the {scheme.upper()} downloads, serve {w(args.workers)}, {label}: all processes; largest",
+                f"{total / 1024:.0f} MiB; {single / 1024:.0f} MiB",
+                f"nginx {base_total / 1024:.0f} MiB; {base_single / 1024:.0f} MiB", ratio(total, base_total)))
+    title = (f"serve/ vs nginx on the same store (wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, "
+             f"median of {args.rounds} interleaved rounds; downloads: curl, median of {args.repeat}; 127.0.0.1)")
+    text = print_table(title, rows)
+    note = f"\nload average (1, 5, 15 min) before: {load_before}; after: {load_after}"
+    print(note, flush=True)
+    text += "\n" + note
+    append_output(args.output, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
