@@ -129,6 +129,11 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
 
 
+_DOCUMENTS = {"/streams/v1/index.json": "index", "/streams/v1/images.json": "images"}
+# (status, raw headers, body) of a response answered without the framework
+FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
 # --------------------------------------------------------------------------- request guard + logs
 class RequestGuard:
     """Outermost checks and the access log.
@@ -142,8 +147,9 @@ class RequestGuard:
       client left before the end.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, fast: Callable[[Scope], FastAnswer | None] | None = None) -> None:
         self.app = app
+        self.fast = fast
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,8 +171,13 @@ class RequestGuard:
         outcome = ""
         try:
             rejection = self._reject(scope)
+            answer = self.fast(scope) if rejection is None and self.fast else None
             if rejection is not None:
                 await rejection(scope, receive, logged_send)
+            elif answer is not None:
+                status, headers, body = answer
+                await logged_send({"type": "http.response.start", "status": status, "headers": headers})
+                await logged_send({"type": "http.response.body", "body": body})
             else:
                 await self.app(scope, receive, logged_send)
         except BaseException as exc:
@@ -290,6 +301,25 @@ class _Server:
         if span is None and verify is not None:
             iterator = verified(iterator, verify[0], size, verify[1])
         return BodyResponse(iterator, status, headers)
+
+    def fast_document(self, scope: Scope) -> FastAnswer | None:
+        """The catalog documents, answered below the framework: they are most of the requests.
+
+        Only when the catalog in memory is fresh; otherwise the routes below revalidate it.
+        """
+        name = _DOCUMENTS.get(scope["path"])
+        snapshot = self.catalog.snapshot
+        if name is None or snapshot is None or self.catalog.due:
+            return None
+        doc: Document = getattr(snapshot, name)
+        etag = doc.etag.encode()
+        cache = (b"cache-control", CATALOG_CACHE.encode())
+        wanted = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
+        if wanted is not None and _etag_matches(wanted.decode("latin-1"), doc.etag):
+            return 304, [(b"etag", etag), cache], b""
+        headers = [(b"etag", etag), cache, (b"content-type", b"application/json"),
+                   (b"content-length", str(len(doc.body)).encode())]
+        return 200, headers, b"" if scope["method"] == "HEAD" else doc.body
 
     @staticmethod
     def _document(request: Request, doc: Document) -> Response:
@@ -657,7 +687,7 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestGuard)],
+        middleware=[Middleware(RequestGuard, fast=server.fast_document)],
         exception_handlers={StoreError: store_failed},
         lifespan=lifespan,
     )
