@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MIB, VENV_BIN, Row, median_of, print_table, run_timed  # noqa: E402
+from bench.common import MIB, VENV_BIN, Row, append_output, median_of, print_table, run_timed  # noqa: E402
 from talos_pipeline.simulator import UpstreamSimulator  # noqa: E402
 
 VERSION = "v1.12.0"
@@ -47,6 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--output", help="also append the table to this file")
     args = parser.parse_args()
     for tool in ("curl", "openssl", "tee"):
         if not shutil.which(tool):
@@ -84,7 +85,8 @@ def main() -> int:
         Row("peak RSS, 16 MiB image", f"{mid_rss / 1024:.0f} MiB", f"{big_rss / 1024:.0f} MiB at {image_bytes / MIB:.0f} MiB",
             f"{big_rss / max(mid_rss, 1):.2f}×"),
     ]
-    print_table(f"Publishing throughput ({image_bytes / MIB:.0f} MiB image, median of {args.repeat})", rows)
+    text = print_table(f"Publishing throughput ({image_bytes / MIB:.0f} MiB image, median of {args.repeat})", rows)
+    append_output(args.output, text)
     return 0
 
 

@@ -57,6 +57,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILED
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from talos_pipeline.core.prune import RetentionPolicy, prune_config_from_env, prune_store
+    from talos_pipeline.core.settings import Settings
+    from talos_pipeline.core.store import open_store
+
+    settings = Settings.from_env()
+    defaults = prune_config_from_env()  # TALOS_PRUNE_KEEP, _KEEP_PER_MINOR, _GRACE_SECONDS
+    policy = RetentionPolicy(
+        args.keep if args.keep is not None else defaults.get("keep"),
+        args.keep_per_minor if args.keep_per_minor is not None else defaults.get("keep_per_minor"),
+        args.grace_seconds if args.grace_seconds is not None else defaults.get("grace_seconds", 3600.0),
+    ).validated()
+    store = open_store(args.store or settings.store)
+    store.check_ready()
+    report = prune_store(store, policy, [v.name for v in settings.variant_list()], dry_run=args.dry_run)
+    _say(report.summary())
+    return 0 if report.ok else EXIT_FAILED
+
+
 def cmd_releases(args: argparse.Namespace) -> int:
     from talos_pipeline.core.releases import release_table
 
@@ -126,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--trust-config", help="Sigstore ClientTrustConfig or trusted_root JSON of a private instance")
     verify.add_argument("--store", help="store to check [TALOS_STORE]")
     verify.set_defaults(func=cmd_verify)
+
+    prune = commands.add_parser(
+        "prune", help="retention: drop old versions from the catalog, delete files out of it for over an hour"
+    )
+    prune.add_argument("--keep", type=int, metavar="N",
+                       help="keep the newest N versions of each product line (arch × variant) [TALOS_PRUNE_KEEP; all]")
+    prune.add_argument("--keep-per-minor", type=int, metavar="N",
+                       help="keep the newest N versions of each minor line, e.g. v1.12 [TALOS_PRUNE_KEEP_PER_MINOR; all]")
+    prune.add_argument("--grace-seconds", type=float, metavar="S",
+                       help="delete files only after this long out of the catalog [TALOS_PRUNE_GRACE_SECONDS; 3600]")
+    prune.add_argument("--dry-run", action="store_true", help="print what would go; change nothing")
+    prune.add_argument("--store", help="store to prune [TALOS_STORE]")
+    prune.set_defaults(func=cmd_prune)
 
     releases = commands.add_parser("releases", help="upstream releases, factory availability, publication status")
     releases.set_defaults(func=cmd_releases)

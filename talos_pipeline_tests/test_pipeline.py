@@ -1,4 +1,7 @@
-"""The publishing spine end to end: simulator → Dagster jobs → directory store → catalog."""
+"""The publishing spine end to end: simulator → Dagster jobs → store → catalog.
+
+Every test runs against a directory store and an S3 store (see `pipeline_env` in conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,13 @@ import hashlib
 import json
 import shutil
 import subprocess
-from pathlib import Path
-
 import pytest
 
 from talos_pipeline.cli import main
-from talos_pipeline.core.store import DirectoryStore
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
 from talos_pipeline.launch import publish
 
-from .conftest import tree_digest
+from .conftest import PipelineStore
 
 VERSIONS = ["v1.11.6", "v1.12.0"]
 ARCHES = ["amd64", "arm64"]
@@ -26,8 +26,8 @@ needs_incus_simplestreams = pytest.mark.skipif(
 )
 
 
-def _catalog(store: Path) -> dict:
-    return json.loads((store / "streams/v1/images.json").read_text())
+def _catalog(store: PipelineStore) -> dict:
+    return json.loads(store.read("streams/v1/images.json"))
 
 
 def _items(product: dict) -> dict[str, dict]:
@@ -36,7 +36,7 @@ def _items(product: dict) -> dict[str, dict]:
 
 
 @pytest.fixture
-def published(pipeline_env, simulator) -> Path:
+def published(pipeline_env, simulator) -> PipelineStore:
     outcome = publish(VERSIONS)
     assert outcome.ok, outcome.failed
     assert sorted(outcome.succeeded) == sorted(f"{v} {a}" for v in VERSIONS for a in ARCHES)
@@ -50,29 +50,31 @@ def test_publish_puts_every_image_in_the_catalog_with_independent_fingerprints(p
     for key, product in images["products"].items():
         _, version, arch, variant = key.split(":")
         items = _items(product)
-        tarball = (published / items["incus.tar.xz"]["path"]).read_bytes()
-        disk = (published / items["disk-kvm.img"]["path"]).read_bytes()
+        tarball = published.read(items["incus.tar.xz"]["path"])
+        disk = published.read(items["disk-kvm.img"]["path"])
         assert items["incus.tar.xz"]["combined_disk-kvm-img_sha256"] == hashlib.sha256(tarball + disk).hexdigest()
         assert items["disk-kvm.img"]["sha256"] == hashlib.sha256(disk).hexdigest()
         assert items["disk-kvm.img"]["size"] == len(disk)
         assert simulator.downloads(version, arch, VARIANTS[variant]) == 1, f"{key} fetched more than once"
-    report = verify_store(DirectoryStore(published), VerifyPolicy())
+    report = verify_store(published.open(), VerifyPolicy())
     assert report.ok, report.summary()
 
 
-def test_disk_images_are_real_qcow2(published):
+def test_disk_images_are_real_qcow2(published, tmp_path):
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img (Debian qemu-utils) is not installed")
-    disk = next(published.glob("images/v1.12.0/amd64/nocloud/disk-*.qcow2"))
+    key = next(k for k in published.keys("images/v1.12.0/amd64/nocloud/") if k.endswith(".qcow2"))
+    disk = published.local_tree(tmp_path / "tree") / key
     subprocess.run(["qemu-img", "check", str(disk)], check=True, capture_output=True)
 
 
 @needs_incus_simplestreams
-def test_incus_simplestreams_accepts_the_tree(published):
-    verify = subprocess.run(["incus-simplestreams", "verify"], cwd=published, capture_output=True, text=True)
+def test_incus_simplestreams_accepts_the_tree(published, tmp_path):
+    tree = published.local_tree(tmp_path / "tree")
+    verify = subprocess.run(["incus-simplestreams", "verify"], cwd=tree, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     listed = subprocess.run(
-        ["incus-simplestreams", "list", "--format", "json"], cwd=published, capture_output=True, text=True, check=True
+        ["incus-simplestreams", "list", "--format", "json"], cwd=tree, capture_output=True, text=True, check=True
     )
     rows = json.loads(listed.stdout)
     assert len(rows) == len(VERSIONS) * len(ARCHES) * len(VARIANTS)
@@ -80,10 +82,10 @@ def test_incus_simplestreams_accepts_the_tree(published):
 
 
 def test_republishing_leaves_the_store_byte_identical(published, simulator):
-    before = tree_digest(published)
+    before = published.digest()
     outcome = publish(["v1.12.0"], ["amd64"])
     assert outcome.ok, outcome.failed
-    assert tree_digest(published) == before
+    assert published.digest() == before
     assert simulator.downloads("v1.12.0", "amd64", "nocloud") == 2, "one upstream read per publication"
 
 
@@ -92,7 +94,7 @@ def test_malformed_tags_fail_before_anything_is_published(pipeline_env, tag, cap
     assert main(["publish", tag]) == 2
     err = capsys.readouterr().err
     assert repr(tag) in err and "Traceback" not in err
-    assert not pipeline_env.exists() or not any(pipeline_env.rglob("*.json"))
+    assert not any(key.endswith(".json") for key in pipeline_env.keys())
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -103,19 +105,19 @@ def test_malformed_tags_fail_before_anything_is_published(pipeline_env, tag, cap
 def test_bad_requests_name_the_value(pipeline_env, args, fragment, capsys):
     assert main(args) == 2
     assert fragment in capsys.readouterr().err
-    assert not (pipeline_env / "records").exists()
+    assert not pipeline_env.keys("records/")
 
 
 @pytest.mark.parametrize("fault", ["truncate", "500"])
 def test_upstream_failures_publish_nothing_and_keep_the_previous_catalog(published, simulator, fault, capsys):
-    catalog_before = (published / "streams/v1/images.json").read_bytes()
-    index_before = (published / "streams/v1/index.json").read_bytes()
+    catalog_before = published.read("streams/v1/images.json")
+    index_before = published.read("streams/v1/index.json")
     simulator.set_fault("/image/", fault)
     assert main(["publish", "v1.12.1", "--arch", "amd64"]) == 1
     out = capsys.readouterr().out
     assert "FAILED v1.12.1 amd64" in out and "Talos v1.12.1 amd64" in out
-    assert (published / "streams/v1/images.json").read_bytes() == catalog_before
-    assert (published / "streams/v1/index.json").read_bytes() == index_before
-    assert not (published / "records/v1.12.1").exists()
-    assert not list(published.glob("images/v1.12.1/**/disk-*.qcow2"))
-    assert not any((published / ".tmp").iterdir())
+    assert published.read("streams/v1/images.json") == catalog_before
+    assert published.read("streams/v1/index.json") == index_before
+    assert not published.keys("records/v1.12.1/")
+    assert not [k for k in published.keys("images/v1.12.1/") if "/disk-" in k]
+    assert published.leftovers() == []

@@ -3,10 +3,22 @@
 Keys are relative POSIX paths checked by `check_key`; nothing outside the store root can be
 named. Writes are atomic (a reader sees the old object or the new one, never part of one) and
 idempotent (writing the same bytes again changes nothing).
+
+Besides plain reads and writes, a store offers what concurrent runs and retention need:
+
+* `read_with_etag` + `put_if`: a compare-and-swap on one object (the catalog is published with
+  it, see `catalog.py`). The directory store serialises it with an `fcntl` lock on `.lock` in
+  the store root; the S3 store uses conditional PutObject (`If-Match` / `If-None-Match: *`).
+* `list_info`: keys with size, ETag and modification time, in one listing.
+* `temporaries` / `remove_temporary`: leftovers of interrupted writes (upload staging areas,
+  unfinished multipart uploads), invisible to readers, collected by `talos-pipeline prune`.
+
+The S3 implementation is `s3store.S3Store`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
@@ -51,6 +63,20 @@ def content_type_for(key: str) -> str:
 class ObjectInfo:
     size: int
     etag: str
+    modified: float | None = None
+    """Last modification, seconds since the epoch (when the store reports it)."""
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """A leftover of an interrupted write (an upload staging object, an unfinished multipart upload).
+
+    Readers never see one; `talos-pipeline prune` removes those older than its grace period.
+    """
+
+    name: str
+    modified: float
+    size: int | None = None
 
 
 class Upload(ABC):
@@ -60,7 +86,9 @@ class Upload(ABC):
     def write(self, chunk: bytes) -> None: ...
 
     @abstractmethod
-    def commit(self, key: str) -> None: ...
+    def commit(self, key: str, *, sha256: str | None = None) -> None:
+        """Name the written bytes `key`. `sha256` (hex), when given, lets a store that can
+        checksum server-side confirm it stored exactly the hashed bytes."""
 
     @abstractmethod
     def abort(self) -> None: ...
@@ -110,6 +138,36 @@ class Store(ABC):
     def check_ready(self) -> None:
         """Fail early, with a clear message, when the store cannot be used."""
 
+    # -- what concurrent publication and retention need -------------------------------------
+    @abstractmethod
+    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """The bytes of an object and the ETag of exactly those bytes (None when absent)."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, etag: str | None) -> bool:
+        """Compare-and-swap: write `data` only if the object still has `etag` (None: only if
+        there is no object). False, and nothing written, when another writer got there first."""
+
+    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every key under `prefix` with its size, ETag and modification time."""
+        infos = {}
+        for key in self.list_keys(prefix):
+            info = self.stat(key)
+            if info is not None:
+                infos[key] = info
+        return infos
+
+    def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+    def temporaries(self) -> list[Temporary]:
+        """Leftovers of interrupted writes (see `Temporary`)."""
+        return []
+
+    def remove_temporary(self, temporary: Temporary) -> None:
+        raise NotImplementedError
+
 
 class _DirectoryUpload(Upload):
     def __init__(self, store: "DirectoryStore") -> None:
@@ -122,7 +180,7 @@ class _DirectoryUpload(Upload):
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
 
-    def commit(self, key: str) -> None:
+    def commit(self, key: str, *, sha256: str | None = None) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -159,7 +217,7 @@ class DirectoryStore(Store):
             st = self.path_for(key).stat()
         except FileNotFoundError:
             return None
-        return ObjectInfo(size=st.st_size, etag=f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"')
+        return _info(st)
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -190,6 +248,9 @@ class DirectoryStore(Store):
                 return
         except FileNotFoundError:
             pass
+        self._replace(target, data)
+
+    def _replace(self, target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
@@ -202,6 +263,57 @@ class DirectoryStore(Store):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            handle = open(self.path_for(key), "rb")
+        except FileNotFoundError:
+            return None
+        with handle:  # the open file pins the inode: its bytes and its ETag belong together
+            return handle.read(), _info(os.fstat(handle.fileno())).etag
+
+    def put_if(self, key: str, data: bytes, etag: str | None) -> bool:
+        target = self.path_for(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            current = self.stat(key)
+            if (current.etag if current else None) != etag:
+                return False
+            self._replace(target, data)
+            return True
+
+    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
+        infos = {}
+        for key in self.list_keys(prefix):
+            try:
+                infos[key] = _info(self.path_for(key).stat())
+            except FileNotFoundError:
+                continue
+        return infos
+
+    def temporaries(self) -> list[Temporary]:
+        """`.tmp/upload-*` (disk uploads) and `.tmp-*` files beside their targets (small writes)."""
+        found = []
+        if not self.root.is_dir():
+            return found
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root)
+            dirnames[:] = [d for d in dirnames if d == ".tmp" or not d.startswith(".")]
+            for name in filenames:
+                if name.startswith(".tmp-") or (rel.parts[:1] == (".tmp",) and name.startswith("upload-")):
+                    try:
+                        st = Path(dirpath, name).stat()
+                    except FileNotFoundError:
+                        continue
+                    found.append(Temporary((rel / name).as_posix(), st.st_mtime, st.st_size))
+        return sorted(found, key=lambda t: t.name)
+
+    def remove_temporary(self, temporary: Temporary) -> None:
+        path = (self.root / temporary.name).resolve()
+        if self.root not in path.parents or not (path.name.startswith((".tmp-", "upload-"))):
+            raise StoreError(f"{temporary.name} is not a temporary file of the store at {self.root}")
+        path.unlink(missing_ok=True)
 
     def upload(self) -> Upload:
         return _DirectoryUpload(self)
@@ -224,6 +336,13 @@ class DirectoryStore(Store):
 
     def delete(self, key: str) -> None:
         self.path_for(key).unlink(missing_ok=True)
+
+
+def _info(st: os.stat_result) -> ObjectInfo:
+    """Every write replaces the file (a new inode), so inode, size and mtime identify the content."""
+    return ObjectInfo(
+        size=st.st_size, etag=f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"', modified=st.st_mtime
+    )
 
 
 def open_store(location: str) -> Store:

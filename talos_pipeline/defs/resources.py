@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from talos_pipeline.core.discovery import DEFAULT_INCLUDE_PRERELEASES, DEFAULT_MIN_VERSION, DiscoveryPolicy
 from talos_pipeline.core.settings import DEFAULT_ARCHES, DEFAULT_FACTORY_URL, DEFAULT_RELEASES_URL
 from talos_pipeline.core.settings import DEFAULT_VARIANTS, DISK_MODES, SIGNING_MODES, check_choice, default_store
 from talos_pipeline.core.signing import Signer, make_signer
@@ -48,6 +49,16 @@ class TalosUpstream(dg.ConfigurableResource):
 
     def factory(self, log=None) -> FactoryClient:
         return FactoryClient(self.factory_url, log=log)
+
+
+class TalosDiscovery(dg.ConfigurableResource):
+    """Which upstream releases the release sensor publishes (see `core.discovery`)."""
+
+    include_prereleases: str = DEFAULT_INCLUDE_PRERELEASES
+    min_version: str = DEFAULT_MIN_VERSION
+
+    def policy(self) -> DiscoveryPolicy:
+        return DiscoveryPolicy.from_settings(self.include_prereleases, self.min_version)
 
 
 class TalosImages(dg.ConfigurableResource):
@@ -96,6 +107,10 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             releases_url=env_or("TALOS_RELEASES_URL", DEFAULT_RELEASES_URL),
             factory_url=env_or("TALOS_FACTORY_URL", DEFAULT_FACTORY_URL),
             github_token=env_or("GITHUB_TOKEN", None),
+        ),
+        "talos_discovery": TalosDiscovery(
+            include_prereleases=env_or("TALOS_INCLUDE_PRERELEASES", DEFAULT_INCLUDE_PRERELEASES),
+            min_version=env_or("TALOS_MIN_VERSION", DEFAULT_MIN_VERSION),
         ),
         "talos_images": TalosImages(
             arches=env_or("TALOS_ARCHES", DEFAULT_ARCHES),
