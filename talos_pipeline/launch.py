@@ -15,6 +15,8 @@ from typing import Callable
 
 import dagster as dg
 
+from talos_pipeline.core.catalog import load_records
+from talos_pipeline.core.discovery import DiscoveryPolicy, discover
 from talos_pipeline.core.errors import PipelineError
 from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.store import open_store
@@ -65,6 +67,19 @@ def validate_request(settings: Settings, versions: list[str], arches: list[str],
             )
         releases.release(tag)
     return list(dict.fromkeys(tags)), arch_list, variant_names
+
+
+def unpublished_versions(settings: Settings, log: Log = _stderr) -> list[str]:
+    """Eligible upstream releases (the sensor's policy) missing any configured arch × variant here."""
+    policy = DiscoveryPolicy.from_settings(settings.include_prereleases, settings.min_version)
+    found = discover(ReleasesClient(settings.releases_url, settings.github_token), FactoryClient(settings.factory_url), policy)
+    log(f"upstream: {found.summary()} ({policy.describe()})")
+    records, _ = load_records(open_store(settings.store))
+    wanted = {(arch, variant.name) for arch in settings.arch_list() for variant in settings.variant_list()}
+    published: dict[str, set[tuple[str, str]]] = {}
+    for record in records:
+        published.setdefault(record.version, set()).add((record.arch, record.variant))
+    return [tag for tag in found.eligible if not wanted <= published.get(tag, set())]
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:

@@ -17,10 +17,10 @@ from talos_pipeline.core.discovery import (
     DiscoveryPolicy,
     classify,
     discover,
-    parse_flag,
     sensor_interval_seconds,
 )
 from talos_pipeline.core.errors import ConfigError
+from talos_pipeline.core.settings import parse_bool
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient, ReleasesPage
 from talos_pipeline.defs.partitions import image_partition_key, talos_versions
 from talos_pipeline.defs.resources import TalosDiscovery, TalosImages, TalosUpstream
@@ -191,7 +191,7 @@ def test_bad_policy_settings_name_the_variable(sensor, instance, simulator):
     with pytest.raises(Exception, match="TALOS_MIN_VERSION='1.12'"):
         tick(sensor, instance, simulator, min_version="1.12")
     with pytest.raises(ConfigError, match="TALOS_INCLUDE_PRERELEASES='maybe'"):
-        parse_flag("TALOS_INCLUDE_PRERELEASES", "maybe")
+        parse_bool("TALOS_INCLUDE_PRERELEASES", "maybe")
 
 
 def test_the_interval_respects_the_github_budget():

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Mapping
 
 from .errors import ConfigError, UpstreamError
 from .records import ProductRecord
+from .settings import DEFAULT_INCLUDE_PRERELEASES, DEFAULT_MIN_VERSION, parse_bool
 from .store import CHUNK
 from .upstream import FactoryClient, ReleasesClient
 from .versions import TalosVersion, parse_timestamp
@@ -40,8 +41,6 @@ from .versions import TalosVersion, parse_timestamp
 ENV_INCLUDE_PRERELEASES = "TALOS_INCLUDE_PRERELEASES"
 ENV_MIN_VERSION = "TALOS_MIN_VERSION"
 ENV_SENSOR_INTERVAL = "TALOS_SENSOR_INTERVAL_SECONDS"
-DEFAULT_INCLUDE_PRERELEASES = "false"
-DEFAULT_MIN_VERSION = "v1.10.0"
 PENDING_WINDOW = timedelta(hours=24)
 
 # GitHub's REST budget: 60 requests/hour per IP without a token (a 304 costs one too), 5,000 with.
@@ -53,21 +52,7 @@ AUTHENTICATED_BUDGET_PER_HOUR = 5000
 UNAUTHENTICATED_INTERVAL_SECONDS = 300
 AUTHENTICATED_INTERVAL_SECONDS = 60
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 TAG_HINT = "not a Talos release tag (expected vMAJOR.MINOR.PATCH, optionally -alpha.N, -beta.N or -rc.N)"
-
-
-def parse_flag(name: str, value: str | bool) -> bool:
-    """A boolean setting: true/false, yes/no, on/off, 1/0 (anything else is an error naming it)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{name}={value!r} is not valid: use true or false")
 
 
 def sensor_interval_seconds(environ: Mapping[str, str]) -> int:
@@ -101,7 +86,7 @@ class DiscoveryPolicy:
     def from_settings(
         cls, include_prereleases: str | bool = DEFAULT_INCLUDE_PRERELEASES, min_version: str = DEFAULT_MIN_VERSION
     ) -> "DiscoveryPolicy":
-        include = parse_flag(ENV_INCLUDE_PRERELEASES, include_prereleases)
+        include = parse_bool(ENV_INCLUDE_PRERELEASES, include_prereleases)
         text = (min_version or DEFAULT_MIN_VERSION).strip()
         if not TalosVersion.is_valid(text):
             raise ConfigError(

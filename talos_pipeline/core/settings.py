@@ -17,6 +17,8 @@ DEFAULT_RELEASES_URL = "https://api.github.com/repos/siderolabs/talos/releases"
 DEFAULT_FACTORY_URL = "https://factory.talos.dev"
 DEFAULT_ARCHES = "amd64,arm64"
 DEFAULT_VARIANTS = "nocloud,metal"
+DEFAULT_INCLUDE_PRERELEASES = "false"
+DEFAULT_MIN_VERSION = "v1.10.0"
 SIGNING_MODES = ("sigstore", "key", "none")
 DISK_MODES = ("mirror", "proxy")
 
@@ -32,13 +34,16 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def parse_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
+def parse_bool(name: str, value: str | bool) -> bool:
+    """A boolean setting: true/false, yes/no, on/off, 1/0 (anything else is an error naming it)."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in ("0", "false", "no", "off", ""):
         return False
-    raise ConfigError(f"{name}={value!r} is not a boolean: use true or false")
+    raise ConfigError(f"{name}={value!r} is not valid: use true or false")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class Settings:
     disk_mode: str = "mirror"
     public_url: str | None = None
     verify_reads: bool = False
+    include_prereleases: bool = False
+    min_version: str = DEFAULT_MIN_VERSION
 
     ENV = {
         "store": "TALOS_STORE",
@@ -71,8 +78,10 @@ class Settings:
         "disk_mode": "TALOS_DISK_MODE",
         "public_url": "TALOS_PUBLIC_URL",
         "verify_reads": "TALOS_VERIFY_READS",
+        "include_prereleases": "TALOS_INCLUDE_PRERELEASES",
+        "min_version": "TALOS_MIN_VERSION",
     }
-    BOOLEANS = ("verify_reads",)
+    BOOLEANS = ("verify_reads", "include_prereleases")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
