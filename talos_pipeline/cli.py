@@ -21,9 +21,18 @@ def _say(message: str) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from talos_pipeline.launch import publish
+    from talos_pipeline.core.settings import Settings
+    from talos_pipeline.launch import publish, unpublished_versions
 
-    outcome = publish(args.versions, args.arch, args.variant)
+    versions = list(args.versions)
+    if args.new:
+        versions += unpublished_versions(Settings.from_env(), args.arch, args.variant)
+        if not versions:
+            _say("nothing new: every eligible release is published for every configured arch and variant")
+            return 0
+    elif not versions:
+        raise PipelineError("name at least one Talos version (e.g. v1.12.0), or pass --new")
+    outcome = publish(versions, args.arch, args.variant)
     for label in outcome.succeeded:
         _say(f"published Talos {label}")
     for label, message in outcome.failed.items():
@@ -125,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     publish = commands.add_parser("publish", help="publish Talos versions (all configured arches and variants)")
-    publish.add_argument("versions", nargs="+", metavar="VERSION", help="release tags, e.g. v1.12.0")
+    publish.add_argument("versions", nargs="*", metavar="VERSION", help="release tags, e.g. v1.12.0")
+    publish.add_argument("--new", action="store_true",
+                         help="also every eligible upstream release not yet published here (the sensor's policy)")
     publish.add_argument("--arch", action="append", choices=None, help="amd64 or arm64 (repeatable) [TALOS_ARCHES]")
     publish.add_argument("--variant", action="append", help="a configured variant name (repeatable) [all]")
     publish.set_defaults(func=cmd_publish)

@@ -69,13 +69,17 @@ def validate_request(settings: Settings, versions: list[str], arches: list[str],
     return list(dict.fromkeys(tags)), arch_list, variant_names
 
 
-def unpublished_versions(settings: Settings, log: Log = _stderr) -> list[str]:
-    """Eligible upstream releases (the sensor's policy) missing any configured arch × variant here."""
+def unpublished_versions(
+    settings: Settings, arches: list[str] | None = None, variants: list[str] | None = None, log: Log = _stderr
+) -> list[str]:
+    """Eligible upstream releases (the sensor's policy) missing any of these arches × variants here."""
     policy = DiscoveryPolicy.from_settings(settings.include_prereleases, settings.min_version)
     found = discover(ReleasesClient(settings.releases_url, settings.github_token), FactoryClient(settings.factory_url), policy)
     log(f"upstream: {found.summary()} ({policy.describe()})")
     records, _ = load_records(open_store(settings.store))
-    wanted = {(arch, variant.name) for arch in settings.arch_list() for variant in settings.variant_list()}
+    arch_list = parse_arches(arches) if arches else settings.arch_list()
+    variant_list = select_variants(settings.variant_list(), variants)
+    wanted = {(arch, variant.name) for arch in arch_list for variant in variant_list}
     published: dict[str, set[tuple[str, str]]] = {}
     for record in records:
         published.setdefault(record.version, set()).add((record.arch, record.variant))

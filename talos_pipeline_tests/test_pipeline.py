@@ -121,3 +121,15 @@ def test_upstream_failures_publish_nothing_and_keep_the_previous_catalog(publish
     assert not published.keys("records/v1.12.1/")
     assert not [k for k in published.keys("images/v1.12.1/") if "/disk-" in k]
     assert published.leftovers() == []
+
+
+def test_publish_new_takes_what_is_eligible_and_missing(pipeline_env, capsys):
+    assert main(["publish", "v1.12.0", "--arch", "amd64"]) == 0
+    capsys.readouterr()
+    assert main(["publish", "--new", "--arch", "amd64"]) == 0
+    out = capsys.readouterr().out
+    assert "published Talos v1.11.5 amd64" in out and "published Talos v1.12.1 amd64" in out
+    assert "v1.12.0" not in out, "already published for the requested arch"
+    assert "beta" not in out, "prereleases are left out by default (TALOS_INCLUDE_PRERELEASES)"
+    assert main(["publish", "--new", "--arch", "amd64"]) == 0
+    assert "nothing new" in capsys.readouterr().out
