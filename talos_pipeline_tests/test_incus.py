@@ -49,7 +49,7 @@ def sim(tmp_path_factory):
         yield simulator
 
 
-def _publish(store: Path, sim: UpstreamSimulator, versions: list[str], **env: str) -> None:
+def _publish(store: Path | str, sim: UpstreamSimulator, versions: list[str], **env: str) -> None:
     with pytest.MonkeyPatch.context() as mp:
         for name, value in {
             "TALOS_STORE": str(store), "TALOS_RELEASES_URL": sim.releases_url, "TALOS_FACTORY_URL": sim.factory_url,
@@ -198,3 +198,33 @@ def test_proxy_mode_drift_fails_the_download_and_is_reported(tmp_path, tls, incu
         assert result.returncode != 0, result.stdout
         assert app.state.metrics["proxy_drift"] >= 1, result.stderr
         assert any("v1.12.0" in r.getMessage() and "amd64" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+def test_image_copy_and_direct_import_from_an_s3_store(tmp_path, sim, tls, incusd, s3_store_url):
+    """The same client flow with the store in an S3 bucket (moto over HTTP): publish and serve both
+    read and write it through boto3 only."""
+    from talos_pipeline.core.store import open_store
+
+    _publish(s3_store_url, sim, ["v1.12.1"], TALOS_ARCHES="amd64", TALOS_VARIANTS="nocloud")
+    store = open_store(s3_store_url)
+    images = json.loads(store.read_bytes("streams/v1/images.json"))
+    expected = _fingerprint(images["products"]["talos:v1.12.1:amd64:nocloud"])
+    url, stop = start_in_thread(create_app(store), cert=str(tls[0]), key=str(tls[1]))
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path), "INCUS_DIR": str(incusd),
+        "INCUS_CONF": str(tmp_path / "conf-s3"), "INCUS_CACHE": str(tmp_path / "cache-s3"),
+    }
+    incus = IncusClient(env=env, conf=tmp_path / "conf-s3")
+    incus.add_remote("s3talos", url, tls[0])
+    try:
+        incus.run("image", "copy", "s3talos:talos/latest", "local:", "--vm")
+        incus.run("image", "delete", f"local:{expected}")
+        incus.run("image", "import", f"{url}/talos/v1.12.1/amd64")
+    finally:
+        stop()
+    unified = images["products"]["talos:v1.12.1:amd64:nocloud"]["versions"]
+    (version,) = unified.values()
+    disk = next(i for i in version["items"].values() if i["ftype"] == "disk-kvm.img")
+    local = {image["fingerprint"] for image in incus.json("image", "list", "local:")}
+    assert disk["unified_sha256"] in local
+    incus.run("image", "delete", f"local:{disk['unified_sha256']}")

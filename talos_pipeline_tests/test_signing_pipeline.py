@@ -114,3 +114,17 @@ def test_unsigned_stores_say_so(pipeline_env, capsys):
     assert publish(["v1.12.0"], ["amd64"], ["nocloud"]).ok
     code, out = _verify(capsys)
     assert code == 0 and "unsigned (published with TALOS_SIGNING=none)" in out
+
+
+def test_keyless_signing_into_an_s3_store_verifies(s3_store_url, sigstore_ambient, simulator, monkeypatch, capsys):
+    for name, value in {
+        "TALOS_STORE": s3_store_url, "TALOS_RELEASES_URL": simulator.releases_url,
+        "TALOS_FACTORY_URL": simulator.factory_url, "TALOS_SIGNING": "sigstore", "TALOS_VARIANTS": "nocloud",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert publish(["v1.12.0"], ["arm64"]).ok
+    code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
+                        "--certificate-oidc-issuer", GITHUB_ISSUER)
+    assert code == 0 and "s3://" in out, out
+    assert out.count(".sigstore.json: ") == 2, out

@@ -179,7 +179,7 @@ def hash_disk(
             if existing is not None and existing.size == digests.size:
                 upload.abort()
             else:
-                upload.commit(key)
+                upload.commit(key, sha256=digests.sha256)
     elapsed = time.monotonic() - started
     facts = DiskFacts(
         path=key,

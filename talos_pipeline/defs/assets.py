@@ -216,7 +216,7 @@ def talos_catalog(
     records actually in the store and written last."""
     store = talos_store.open()
     try:
-        result = rebuild_catalog(store, [v.name for v in talos_images.variant_list()])
+        result = rebuild_catalog(store, [v.name for v in talos_images.variant_list()], log=context.log.info)
     except PipelineError as exc:
         raise _failure(context, exc) from None
     for problem in result.problems:
