@@ -1,0 +1,128 @@
+"""The fault matrix: each upstream fault the simulator injects × publishing and serving (proxy mode).
+
+Transient faults recover with correct output; persistent ones fail the affected partition only,
+with a message naming the image and the URL; whatever happens, the published catalog is the
+previous valid one or the new valid one (checked with `verify_store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import requests
+
+from serve import create_app, start_in_thread
+from talos_pipeline.cli import main
+from talos_pipeline.core.store import DirectoryStore
+from talos_pipeline.core.verify import VerifyPolicy, verify_store
+from talos_pipeline.launch import publish
+
+pytestmark = pytest.mark.slow
+STORE_KINDS = ["dir"]
+
+# fault → (count for the transient case, whether even the persistent case must succeed)
+FAULTS = {
+    "500": (2, False),
+    "503": (2, False),
+    "truncate": (1, False),
+    "reset": (1, False),
+    "overlong": (1, True),
+    "stall": (1, True),
+    "slow_first_byte": (1, True),
+    "redirect_chain": (1, True),
+}
+
+
+@pytest.fixture
+def baseline(pipeline_env, simulator, monkeypatch):
+    monkeypatch.setenv("TALOS_ARCHES", "amd64")
+    monkeypatch.setenv("TALOS_VARIANTS", "nocloud")
+    simulator.stall_seconds = simulator.slow_first_byte_seconds = 0.5
+    assert publish(["v1.11.6"]).ok
+    return pipeline_env
+
+
+def _catalog(store) -> set[str]:
+    return set(json.loads((store / "streams/v1/images.json").read_text())["products"])
+
+
+def _assert_valid(store) -> None:
+    report = verify_store(DirectoryStore(store), VerifyPolicy())
+    assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_transient_faults_recover_with_correct_output(baseline, simulator, fault):
+    count, _ = FAULTS[fault]
+    simulator.set_fault("/image/", fault, count=count)
+    outcome = publish(["v1.12.0"])
+    assert outcome.ok, outcome.failed
+    assert _catalog(baseline) == {"talos:v1.11.6:amd64:nocloud", "talos:v1.12.0:amd64:nocloud"}
+    _assert_valid(baseline)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_persistent_faults_fail_only_the_affected_partition(baseline, simulator, fault, capsys):
+    _, always_fine = FAULTS[fault]
+    before = (baseline / "streams/v1/images.json").read_bytes()
+    simulator.set_fault("/image/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba/v1.12.0/", fault)
+    code = main(["publish", "v1.12.0", "v1.12.1"])
+    out = capsys.readouterr().out
+    if always_fine:
+        assert code == 0, out
+        assert _catalog(baseline) >= {"talos:v1.12.0:amd64:nocloud", "talos:v1.12.1:amd64:nocloud"}
+    else:
+        assert code == 1
+        assert "FAILED v1.12.0 amd64" in out and "Talos v1.12.0 amd64 (nocloud)" in out and "/image/" in out
+        assert "published Talos v1.12.1 amd64" in out, "the other partition is not affected"
+        assert _catalog(baseline) == {"talos:v1.11.6:amd64:nocloud", "talos:v1.12.1:amd64:nocloud"}
+        assert (baseline / "streams/v1/images.json").read_bytes() != before
+    _assert_valid(baseline)
+
+
+@pytest.mark.parametrize("fault", ["403", "429"])
+def test_github_rate_limits_fail_with_the_reset_time(baseline, simulator, fault, capsys):
+    simulator.set_fault("/repos/", fault)
+    assert main(["publish", "v1.12.0"]) == 2
+    err = capsys.readouterr().err
+    assert "rate limit" in err and "resets at" in err and "GITHUB_TOKEN" in err
+    assert _catalog(baseline) == {"talos:v1.11.6:amd64:nocloud"}
+
+
+@pytest.mark.parametrize("fault,transient", [("500", False), ("truncate", False), ("reset", False),
+                                             ("500", True), ("slow_first_byte", True), ("redirect_chain", True)])
+def test_serve_proxy_mode_under_upstream_faults(pipeline_env, simulator, monkeypatch, fault, transient):
+    monkeypatch.setenv("TALOS_DISK_MODE", "proxy")
+    monkeypatch.setenv("TALOS_ARCHES", "amd64")
+    monkeypatch.setenv("TALOS_VARIANTS", "nocloud")
+    simulator.slow_first_byte_seconds = 0.5
+    assert publish(["v1.12.0"]).ok
+    images = json.loads((pipeline_env / "streams/v1/images.json").read_text())
+    (version,) = images["products"]["talos:v1.12.0:amd64:nocloud"]["versions"].values()
+    disk = next(i for i in version["items"].values() if i["ftype"] == "disk-kvm.img")
+    app = create_app(DirectoryStore(pipeline_env), disk_mode="proxy", factory_url=simulator.factory_url)
+    url, stop = start_in_thread(app)
+    session = requests.Session()
+    session.trust_env = False
+
+    def fetch() -> tuple[int | None, bytes]:
+        try:
+            response = session.get(f"{url}/{disk['path']}", timeout=30)
+            return response.status_code, response.content
+        except requests.RequestException:
+            return None, b""
+
+    try:
+        simulator.set_fault("/image/", fault, count=1 if transient else None)
+        status, body = fetch()
+        if transient and status == 502:
+            status, body = fetch()  # a 5xx before any byte is a 502 the client retries
+    finally:
+        stop()
+    if transient:
+        assert status == 200 and hashlib.sha256(body).hexdigest() == disk["sha256"]
+    else:
+        assert status != 200 or len(body) < disk["size"], "a broken upstream body must never look complete"
+        assert app.state.metrics["proxy_upstream_errors"] >= 1
