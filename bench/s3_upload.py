@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MIB, Row, print_table
+from bench.common import MIB, Row, append_output, print_table
 
 MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -162,6 +162,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="S3Store parts in flight [4]")
     parser.add_argument("--endpoint", help="measure this S3 endpoint instead of a local moto server")
     parser.add_argument("--bucket", help="bucket to use with --endpoint (must exist)")
+    parser.add_argument("--output", help="also append the table to this file")
     parser.add_argument("--worker", choices=["stream", "spool", "boto3"], help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--sha256", help=argparse.SUPPRESS)
@@ -219,7 +220,8 @@ def main() -> int:
             f"boto3 upload_file {rss('boto3'):.0f} MiB", f"{rss('stream') / max(rss('boto3'), 1):.2f}× / "
             f"{rss('spool') / max(rss('boto3'), 1):.2f}×"),
     ]
-    print_table(f"S3 upload of a {size / MIB:.0f} MiB image to {where}, median of {args.repeat}", rows)
+    text = print_table(f"S3 upload of a {size / MIB:.0f} MiB image to {where}, median of {args.repeat}", rows)
+    append_output(args.output, text)
     for kind, label in (("stream", "stream"), ("spool", "spool"), ("boto3", "upload_file")):
         print(f"runs (s) {label}: {[round(run[0], 2) for run in runs[kind]]}")
     return 0
