@@ -161,12 +161,12 @@ class Store(ABC):
         for key in keys:
             self.delete(key)
 
+    @abstractmethod
     def temporaries(self) -> list[Temporary]:
         """Leftovers of interrupted writes (see `Temporary`)."""
-        return []
 
-    def remove_temporary(self, temporary: Temporary) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def remove_temporary(self, temporary: Temporary) -> None: ...
 
 
 class _DirectoryUpload(Upload):
