@@ -474,20 +474,30 @@ class _Server:
             "ETag": f'"{image.disk_sha256}"',
             "Cache-Control": IMMUTABLE_CACHE,
             "Content-Type": content_type_for(entry.path),
-            "Accept-Ranges": "none",
         }
+        return await self._stream_proxied(request, image, headers, image.disk_size, image.disk_sha256)
+
+    async def _stream_proxied(
+        self, request: Request, image: Image, headers: dict[str, str], size: int, sha256: str,
+        around: tuple[bytes, bytes] | None = None,
+    ) -> Response:
+        """A disk from the factory (bare, or wrapped `around` as the unified tarball): no ranges,
+        hashed as it streams and cut off before its end if it is not what the catalog says."""
+        headers["Accept-Ranges"] = "none"
         if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers={"ETag": headers["ETag"], "Cache-Control": IMMUTABLE_CACHE})
-        headers["Content-Length"] = str(image.disk_size)
+        headers["Content-Length"] = str(size)
         if request.method == "HEAD":
             return Response(status_code=200, headers=headers)
         opened = await self._open_upstream(image)
         if isinstance(opened, Response):
             return opened
         url, response = opened
-        chunks = self._upstream_chunks(image, url, response)
-        body = verified(chunks, image.disk_sha256, image.disk_size, self._drift_handler(image, url, unified=False))
-        return BodyResponse(body, 200, headers)
+        prefix, suffix = around or (b"", b"")
+        disk = StreamPart(self._upstream_chunks(image, url, response), image.disk_size)
+        parts = [BytesPart(prefix), disk, BytesPart(suffix)]
+        drift = self._drift_handler(image, url, unified=around is not None)
+        return BodyResponse(verified(concatenate(parts), sha256, size, drift), 200, headers)
 
     # ---- direct URL import
     def base_url(self, request: Request) -> str:
@@ -601,22 +611,10 @@ class _Server:
             "Content-Type": "application/x-tar",
             "Content-Disposition": f'attachment; filename="{name}"',
         }
-        prefix, suffix = BytesPart(layout.prefix), BytesPart(layout.suffix)
         if self._proxied(image):
-            headers["Accept-Ranges"] = "none"
-            if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
-                return Response(status_code=304, headers={"ETag": headers["ETag"], "Cache-Control": IMMUTABLE_CACHE})
-            headers["Content-Length"] = str(image.unified_size)
-            if request.method == "HEAD":
-                return Response(status_code=200, headers=headers)
-            opened = await self._open_upstream(image)
-            if isinstance(opened, Response):
-                return opened
-            url, response = opened
-            disk = StreamPart(self._upstream_chunks(image, url, response), image.disk_size)
-            body = verified(concatenate([prefix, disk, suffix]), image.unified_sha256, image.unified_size,
-                            self._drift_handler(image, url, unified=True))  # fmt: skip
-            return BodyResponse(body, 200, headers)
+            return await self._stream_proxied(request, image, headers, image.unified_size, image.unified_sha256,
+                                              around=(layout.prefix, layout.suffix))  # fmt: skip
+        prefix, suffix = BytesPart(layout.prefix), BytesPart(layout.suffix)
         info = await anyio.to_thread.run_sync(self.store.stat, image.disk_path)
         if info is None:
             return self._missing(image.disk_path, image)
