@@ -38,7 +38,7 @@ def sigstore_ambient(fake_sigstore: FakeSigstore, monkeypatch: pytest.MonkeyPatc
     return fake_sigstore
 
 
-def _missing(message: str) -> None:
+def missing_tool(message: str) -> None:
     """Skip on a developer machine; fail in CI, where scripts/test installs everything."""
     if os.environ.get("CI"):
         pytest.fail(message)
@@ -50,11 +50,11 @@ def node_verifier() -> list[str]:
     """`node verify.mjs`, with node_modules installed from the committed lockfile if missing."""
     node = shutil.which("node")
     if node is None:
-        _missing("node is not installed: the sigstore-js cross-check cannot run")
+        missing_tool("node is not installed: the sigstore-js cross-check cannot run")
     if not (JS_DIR / "node_modules" / "@sigstore" / "verify").is_dir():
         npm = shutil.which("npm")
         if npm is None:
-            _missing("npm is not installed: cannot install the sigstore-js verifier")
+            missing_tool("npm is not installed: cannot install the sigstore-js verifier")
         subprocess.run(
             [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
             check=True,
