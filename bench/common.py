@@ -57,8 +57,14 @@ class Row:
 
 
 def print_table(title: str, rows: list[Row]) -> str:
-    lines = [f"## {title}", "", f"machine: {machine()}", "",
-             "| figure | value | baseline (same run) | ratio |", "|---|---|---|---|"]
+    lines = [
+        f"## {title}",
+        "",
+        f"machine: {machine()}",
+        "",
+        "| figure | value | baseline (same run) | ratio |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r.figure} | {r.value} | {r.baseline} | {r.ratio} |" for r in rows]
     text = "\n".join(lines)
     print(text, flush=True)
@@ -90,7 +96,7 @@ def wait_for_url(url: str, *, cafile: str | None = None, timeout: float = 30.0, 
             with urllib.request.urlopen(url, timeout=2, context=context) as response:
                 if response.status == 200:
                     return
-        except Exception as exc:  # noqa: BLE001 (not up yet)
+        except Exception as exc:
             last = exc
         time.sleep(0.1)
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s ({last})")
@@ -196,8 +202,13 @@ class RssSampler:
 
 def publish_into(store: Path, sim, versions: list[str], arches: list[str], variants: list[str] | None = None) -> None:
     """`talos-pipeline publish` (the pipeline's own command) of `versions` from the simulator `sim` into `store`."""
-    env = dict(os.environ, TALOS_STORE=str(store), TALOS_RELEASES_URL=sim.releases_url,
-               TALOS_FACTORY_URL=sim.factory_url, TALOS_SIGNING="none")
+    env = dict(
+        os.environ,
+        TALOS_STORE=str(store),
+        TALOS_RELEASES_URL=sim.releases_url,
+        TALOS_FACTORY_URL=sim.factory_url,
+        TALOS_SIGNING="none",
+    )
     env.pop("DAGSTER_HOME", None)
     cmd = [str(VENV_BIN / "talos-pipeline"), "publish", *versions]
     for arch in arches:

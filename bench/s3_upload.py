@@ -60,7 +60,9 @@ def start_moto(workdir: Path) -> tuple[subprocess.Popen, str]:
     log = open(workdir / "moto.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **MOTO_ENV),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, **MOTO_ENV),
     )
     deadline = time.monotonic() + 30
     while True:
@@ -94,8 +96,9 @@ def worker(args: argparse.Namespace) -> int:
     if args.worker in ("stream", "spool"):
         from talos_pipeline.core.s3store import S3Store
 
-        store = S3Store(args.bucket, part_size=args.part_mib * MIB, concurrency=args.concurrency,
-                        upload_mode=args.worker)
+        store = S3Store(
+            args.bucket, part_size=args.part_mib * MIB, concurrency=args.concurrency, upload_mode=args.worker
+        )
         completed: list[float] = []  # when the multipart upload was complete (before any copy)
         store.s3.meta.events.register(
             "after-call.s3.CompleteMultipartUpload", lambda **_: completed.append(time.perf_counter())
@@ -130,8 +133,13 @@ def run_child(kind: str, args: argparse.Namespace, env: dict, workdir: Path) -> 
         env = dict(env, AWS_ENDPOINT_URL=endpoint, **MOTO_ENV)
         import boto3
 
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                     region_name="us-east-1").create_bucket(Bucket=args.bucket)
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket=args.bucket)
     try:
         return _run_child(kind, args, env)
     finally:
@@ -141,8 +149,22 @@ def run_child(kind: str, args: argparse.Namespace, env: dict, workdir: Path) -> 
 
 
 def _run_child(kind: str, args: argparse.Namespace, env: dict) -> tuple[float, float, int]:
-    cmd = [sys.executable, __file__, "--worker", kind, "--file", args.file, "--sha256", args.sha256,
-           "--bucket", args.bucket, "--part-mib", str(args.part_mib), "--concurrency", str(args.concurrency)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--file",
+        args.file,
+        "--sha256",
+        args.sha256,
+        "--bucket",
+        args.bucket,
+        "--part-mib",
+        str(args.part_mib),
+        "--concurrency",
+        str(args.concurrency),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _pid, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
@@ -186,7 +208,7 @@ def main() -> int:
         runs: dict[str, list[tuple[float, float, int]]] = {"stream": [], "spool": [], "boto3": []}
         run_child("boto3", args, env, workdir)  # warm-up (page cache)
         for i in range(args.repeat):
-            order = list(runs)[i % 3:] + list(runs)[:i % 3]
+            order = list(runs)[i % 3 :] + list(runs)[: i % 3]
             for kind in order:
                 runs[kind].append(run_child(kind, args, env, workdir))
     finally:
@@ -208,17 +230,33 @@ def main() -> int:
     stream_s, stream_up = median("stream"), median("stream", 1)
     spool_s = median("spool")
     rows = [
-        Row(f"S3Store stream (default): staging multipart ({parts}) + server-side copy, whole publication",
-            f"{mb / stream_s:.0f} MB/s ({stream_s:.2f} s)", baseline, f"{boto_s / stream_s:.2f}×"),
-        Row("… its multipart upload to staging, up to CompleteMultipartUpload (the work upload_file does)",
-            f"{mb / stream_up:.0f} MB/s ({stream_up:.2f} s)", baseline, f"{boto_s / stream_up:.2f}×"),
-        Row("… then server-side CopyObject to the final key + staging delete",
-            f"{stream_s - stream_up:.2f} s", "-", "-"),
-        Row(f"S3Store spool: local unlinked file, then multipart ({parts}) to the final key",
-            f"{mb / spool_s:.0f} MB/s ({spool_s:.2f} s)", baseline, f"{boto_s / spool_s:.2f}×"),
-        Row("peak RSS of the uploading process, stream / spool", f"{rss('stream'):.0f} / {rss('spool'):.0f} MiB",
-            f"boto3 upload_file {rss('boto3'):.0f} MiB", f"{rss('stream') / max(rss('boto3'), 1):.2f}× / "
-            f"{rss('spool') / max(rss('boto3'), 1):.2f}×"),
+        Row(
+            f"S3Store stream (default): staging multipart ({parts}) + server-side copy, whole publication",
+            f"{mb / stream_s:.0f} MB/s ({stream_s:.2f} s)",
+            baseline,
+            f"{boto_s / stream_s:.2f}×",
+        ),
+        Row(
+            "… its multipart upload to staging, up to CompleteMultipartUpload (the work upload_file does)",
+            f"{mb / stream_up:.0f} MB/s ({stream_up:.2f} s)",
+            baseline,
+            f"{boto_s / stream_up:.2f}×",
+        ),
+        Row(
+            "… then server-side CopyObject to the final key + staging delete", f"{stream_s - stream_up:.2f} s", "-", "-"
+        ),
+        Row(
+            f"S3Store spool: local unlinked file, then multipart ({parts}) to the final key",
+            f"{mb / spool_s:.0f} MB/s ({spool_s:.2f} s)",
+            baseline,
+            f"{boto_s / spool_s:.2f}×",
+        ),
+        Row(
+            "peak RSS of the uploading process, stream / spool",
+            f"{rss('stream'):.0f} / {rss('spool'):.0f} MiB",
+            f"boto3 upload_file {rss('boto3'):.0f} MiB",
+            f"{rss('stream') / max(rss('boto3'), 1):.2f}× / {rss('spool') / max(rss('boto3'), 1):.2f}×",
+        ),
     ]
     text = print_table(f"S3 upload of a {size / MIB:.0f} MiB image to {where}, median of {args.repeat}", rows)
     append_output(args.output, text)

@@ -152,8 +152,15 @@ def load_plan(store: Path) -> Plan:
                     if big:
                         large = entry
                     else:
-                        products.append(Product(product["release"], product["arch"], product["variant"],
-                                                item["unified_sha256"], item["unified_size"]))
+                        products.append(
+                            Product(
+                                product["release"],
+                                product["arch"],
+                                product["variant"],
+                                item["unified_sha256"],
+                                item["unified_size"],
+                            )
+                        )
                 if not (big and item["ftype"] == "disk-kvm.img"):
                     smalls.append(entry)
     docs = {name: (store / f"streams/v1/{name}.json").read_bytes() for name in ("index", "images")}
@@ -162,8 +169,9 @@ def load_plan(store: Path) -> Plan:
 
 
 class Client(threading.Thread):
-    def __init__(self, number: int, port: int, context: ssl.SSLContext, plan: Plan, stats: Stats,
-                 deadline: float, seed: int) -> None:
+    def __init__(
+        self, number: int, port: int, context: ssl.SSLContext, plan: Plan, stats: Stats, deadline: float, seed: int
+    ) -> None:
         super().__init__(name=f"client-{number}", daemon=True)
         self.port, self.context, self.plan, self.stats, self.deadline = port, context, plan, stats, deadline
         self.rng = random.Random(seed * 1000 + number)
@@ -252,11 +260,16 @@ class Client(threading.Thread):
         response = self.request(f"/{disk.path}", {"Range": f"bytes={start}-{end - 1}"})
         expect(response.status == 206, f"range of {disk.path}: HTTP {response.status}")
         expected_range = f"bytes {start}-{end - 1}/{disk.size}"
-        expect(response.getheader("Content-Range") == expected_range,
-               f"Content-Range {response.getheader('Content-Range')}, expected {expected_range}")
+        expect(
+            response.getheader("Content-Range") == expected_range,
+            f"Content-Range {response.getheader('Content-Range')}, expected {expected_range}",
+        )
         received, body = self.body(response, end - start)
         with open(self.plan.store / disk.path, "rb") as handle:
-            expect(body == os.pread(handle.fileno(), end - start, start), f"range {start}-{end - 1} of {disk.path}: wrong bytes")
+            expect(
+                body == os.pread(handle.fileno(), end - start, start),
+                f"range {start}-{end - 1} of {disk.path}: wrong bytes",
+            )
         return received
 
     def full(self, entry: CatalogFile) -> int:
@@ -272,12 +285,14 @@ class Client(threading.Thread):
         response = self.request(f"/talos/{product.version}/{product.variant}/{product.arch}")
         text = response.read()
         expect(response.status == 200, f"direct import of {product}: HTTP {response.status}")
-        expect(response.getheader("Incus-Image-Hash") == product.unified_sha256,
-               f"Incus-Image-Hash {response.getheader('Incus-Image-Hash')}, catalog {product.unified_sha256}")
+        expect(
+            response.getheader("Incus-Image-Hash") == product.unified_sha256,
+            f"Incus-Image-Hash {response.getheader('Incus-Image-Hash')}, catalog {product.unified_sha256}",
+        )
         url = response.getheader("Incus-Image-URL") or ""
         prefix = f"https://{HOST}:{self.port}/"
         expect(url.startswith(prefix), f"Incus-Image-URL {url!r} is not on this server")
-        response = self.request("/" + url[len(prefix):])
+        response = self.request("/" + url[len(prefix) :])
         expect(response.status == 200, f"{url}: HTTP {response.status}")
         digest = hashlib.sha256()
         received, _ = self.body(response, product.unified_size, digest)
@@ -298,9 +313,12 @@ class Client(threading.Thread):
             kind = self.rng.choices(self.kinds, self.weights)[0]
             try:
                 received = actions[kind]()
-            except Exception as exc:  # noqa: BLE001 (every failure is counted and shown)
-                self.stats.error(kind, f"{type(exc).__name__}: {exc} "
-                                 f"({'new connection' if self.fresh else f'reused, idle {self.idle:.1f} s before'})")
+            except Exception as exc:
+                self.stats.error(
+                    kind,
+                    f"{type(exc).__name__}: {exc} "
+                    f"({'new connection' if self.fresh else f'reused, idle {self.idle:.1f} s before'})",
+                )
                 self.drop()
                 continue
             self.last_used = time.monotonic()
@@ -324,7 +342,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=200, help="concurrent clients [200]")
     parser.add_argument("--seconds", type=float, default=60, help="how long new requests are started [60]")
     parser.add_argument("--disk-mib", type=int, default=64, help="data in the large disk image [64]")
-    parser.add_argument("--workers", type=int, default=RECOMMENDED_WORKERS, help=f"serve/ workers [{RECOMMENDED_WORKERS}]")
+    parser.add_argument(
+        "--workers", type=int, default=RECOMMENDED_WORKERS, help=f"serve/ workers [{RECOMMENDED_WORKERS}]"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", help="also append the table to this file")
     args = parser.parse_args()
@@ -363,7 +383,9 @@ def main() -> int:
             conn.close()
         idle = RssSampler(server.proc.pid).sample()[1]
 
-        print(f"{args.clients} clients for {args.seconds:.0f} s against {server.https} ...", file=sys.stderr, flush=True)
+        print(
+            f"{args.clients} clients for {args.seconds:.0f} s against {server.https} ...", file=sys.stderr, flush=True
+        )
         started = time.monotonic()
         deadline = started + args.seconds
         clients = [Client(n, port, context, plan, stats, deadline, args.seed) for n in range(args.clients)]
@@ -380,7 +402,7 @@ def main() -> int:
     finally:
         if server is not None:
             stop_process(server.proc, timeout=30)
-        log = (workdir / f"serve-{args.workers}w-verify-https.log")
+        log = workdir / f"serve-{args.workers}w-verify-https.log"
         log_text = log.read_text(errors="replace") if log.exists() else ""
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -396,39 +418,75 @@ def main() -> int:
     # Steady state: from 10 s after the start to the end of the load (the drain is left out).
     steady = [kib for t, kib, _single in rss.samples if 10 <= t <= args.seconds] or samples
     # The first sample at or after 0 s, 10 s, 20 s, ... (sampling slows down when the machine is busy).
-    every_10s = [next(kib for t, kib, _ in rss.samples if t >= mark) for mark in range(0, int(rss.samples[-1][0]) + 1, 10)]
+    every_10s = [
+        next(kib for t, kib, _ in rss.samples if t >= mark) for mark in range(0, int(rss.samples[-1][0]) + 1, 10)
+    ]
     first, last = samples[0], samples[-1]
     mib = lambda kib: f"{kib / 1024:.0f} MiB"
     done = stats.done
     w = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
     rows = [
-        Row("errors (status, length, sha256, bytes of ranges, exceptions)", str(errors), "must be 0",
-            "ok" if errors == 0 else "FAILED"),
-        Row("requests completed (incl. the direct-import step of unified)",
+        Row(
+            "errors (status, length, sha256, bytes of ranges, exceptions)",
+            str(errors),
+            "must be 0",
+            "ok" if errors == 0 else "FAILED",
+        ),
+        Row(
+            "requests completed (incl. the direct-import step of unified)",
             f"{requests_done + done.get('unified', 0):,} ({(requests_done + done.get('unified', 0)) / elapsed:,.0f}/s)",
-            f"{elapsed:.0f} s incl. drain", "-"),
+            f"{elapsed:.0f} s incl. drain",
+            "-",
+        ),
         Row("bytes received", f"{stats.bytes / 1e9:.2f} GB ({stats.bytes / 1e6 / elapsed:,.0f} MB/s)", "-", "-"),
-        Row("catalog 200 (index.json / images.json) / 304", f"{done.get('index', 0):,} / {done.get('images', 0):,} / "
-            f"{done.get('not_modified', 0):,}", "-", "-"),
+        Row(
+            "catalog 200 (index.json / images.json) / 304",
+            f"{done.get('index', 0):,} / {done.get('images', 0):,} / {done.get('not_modified', 0):,}",
+            "-",
+            "-",
+        ),
         Row("ranged disk reads checked byte for byte", f"{done.get('range', 0):,}", "-", "-"),
-        Row("full downloads, sha256 checked: small files / large disk / unified tarballs",
-            f"{done.get('small_file', 0):,} / {done.get('large_disk', 0):,} / {done.get('unified', 0):,}", "-", "-"),
-        Row(f"TLS connections opened (re-opened because idle > {IDLE_LIMIT} s; because the server had closed it)",
-            f"{stats.connections:,} ({stats.idle_reconnects:,}; {stats.server_closed:,})", "-", "-"),
-        Row(f"serve RSS, all processes ({w}), sampled every 1 s: first / min / max / last",
+        Row(
+            "full downloads, sha256 checked: small files / large disk / unified tarballs",
+            f"{done.get('small_file', 0):,} / {done.get('large_disk', 0):,} / {done.get('unified', 0):,}",
+            "-",
+            "-",
+        ),
+        Row(
+            f"TLS connections opened (re-opened because idle > {IDLE_LIMIT} s; because the server had closed it)",
+            f"{stats.connections:,} ({stats.idle_reconnects:,}; {stats.server_closed:,})",
+            "-",
+            "-",
+        ),
+        Row(
+            f"serve RSS, all processes ({w}), sampled every 1 s: first / min / max / last",
             f"{mib(first)} / {mib(min(samples))} / {mib(max(samples))} / {mib(last)}",
-            f"idle before: {mib(idle)}", f"last/first {last / max(first, 1):.2f}×"),
-        Row("serve RSS, all processes, steady state (10 s to the end of the load): min / max",
-            f"{mib(min(steady))} / {mib(max(steady))}", f"at 10 s: {mib(steady[0])}",
-            f"max/min {max(steady) / max(min(steady), 1):.2f}×"),
-        Row("serve RSS, all processes, every 10 s from the start", " ".join(f"{kib / 1024:.0f}" for kib in every_10s) + " MiB",
-            "-", "-"),
-        Row("server: /healthz metrics not zero; ERROR lines; aborted/incomplete responses",
-            f"{bad_metrics or 'none'}; {len(log_errors)}; {aborted}", f"{access:,} access-log lines",
-            "ok" if not (bad_metrics or log_errors or aborted) else "FAILED"),
+            f"idle before: {mib(idle)}",
+            f"last/first {last / max(first, 1):.2f}×",
+        ),
+        Row(
+            "serve RSS, all processes, steady state (10 s to the end of the load): min / max",
+            f"{mib(min(steady))} / {mib(max(steady))}",
+            f"at 10 s: {mib(steady[0])}",
+            f"max/min {max(steady) / max(min(steady), 1):.2f}×",
+        ),
+        Row(
+            "serve RSS, all processes, every 10 s from the start",
+            " ".join(f"{kib / 1024:.0f}" for kib in every_10s) + " MiB",
+            "-",
+            "-",
+        ),
+        Row(
+            "server: /healthz metrics not zero; ERROR lines; aborted/incomplete responses",
+            f"{bad_metrics or 'none'}; {len(log_errors)}; {aborted}",
+            f"{access:,} access-log lines",
+            "ok" if not (bad_metrics or log_errors or aborted) else "FAILED",
+        ),
     ]
-    title = (f"serve/ soak: {args.clients} HTTPS clients for {args.seconds:.0f} s, {w}, "
-             f"{plan.large.size / MIB:.0f} MiB disk + 12 small images")
+    title = (
+        f"serve/ soak: {args.clients} HTTPS clients for {args.seconds:.0f} s, {w}, "
+        f"{plan.large.size / MIB:.0f} MiB disk + 12 small images"
+    )
     text = print_table(title, rows)
     if stats.examples or log_errors:
         extra = "\n".join(["", "first errors:", *stats.examples, *log_errors[:10]])

@@ -72,8 +72,13 @@ def app_without_verify():
     from talos_pipeline.core.store import open_store
 
     settings = Settings.from_env()
-    return create_app(open_store(settings.store), public_url=settings.public_url,
-                      disk_mode=settings.disk_mode, factory_url=settings.factory_url, verify_reads=True)
+    return create_app(
+        open_store(settings.store),
+        public_url=settings.public_url,
+        disk_mode=settings.disk_mode,
+        factory_url=settings.factory_url,
+        verify_reads=True,
+    )
 
 
 def serve_child(argv: list[str]) -> int:
@@ -144,23 +149,41 @@ def start_nginx(workdir: Path, root: Path, cert: Path, key: Path) -> Server:
     (prefix / "tmp").mkdir(parents=True)
     http_port, https_port = free_port(), free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, host=HOST, http_port=http_port, https_port=https_port,
-                                      root=root, cert=cert, key=key))
-    check = subprocess.run([nginx, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-                           capture_output=True, text=True, check=False)
+    conf.write_text(
+        NGINX_CONF.format(
+            prefix=prefix, host=HOST, http_port=http_port, https_port=https_port, root=root, cert=cert, key=key
+        )
+    )
+    check = subprocess.run(
+        [nginx, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if check.returncode != 0:
         raise SystemExit(f"nginx -t failed:\n{check.stderr}")
     with open(prefix / "stderr.log", "wb") as stderr:
-        proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        proc = subprocess.Popen(
+            [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     server = Server("nginx", proc, f"http://{HOST}:{http_port}", f"https://{HOST}:{https_port}")
     for base in (server.http, server.https):
         wait_for_url(base + "/streams/v1/index.json", cafile=str(cert), proc=proc)
     return server
 
 
-def start_serve(workdir: Path, store: Path, cert: Path, key: Path, workers: int, verify: bool,
-                schemes: tuple[str, ...] = ("http", "https")) -> list[Server]:
+def start_serve(
+    workdir: Path,
+    store: Path,
+    cert: Path,
+    key: Path,
+    workers: int,
+    verify: bool,
+    schemes: tuple[str, ...] = ("http", "https"),
+) -> list[Server]:
     """serve/ instances on the store, one per scheme (plain HTTP and HTTPS; one process tree each).
 
     `verify=True` runs the real `python -m serve`; `verify=False` this file's `--serve-child`."""
@@ -172,16 +195,38 @@ def start_serve(workdir: Path, store: Path, cert: Path, key: Path, workers: int,
         port = free_port()
         tls = [str(cert), str(key)] if scheme == "https" else []
         if verify:
-            cmd = [str(VENV_BIN / "python"), "-m", "serve", "--host", HOST, "--port", str(port),
-                   "--workers", str(workers)]
+            cmd = [
+                str(VENV_BIN / "python"),
+                "-m",
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ]
             if tls:
                 cmd += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         else:
-            cmd = [str(VENV_BIN / "python"), str(Path(__file__).resolve()), "--serve-child", str(port), str(workers), *tls]
+            cmd = [
+                str(VENV_BIN / "python"),
+                str(Path(__file__).resolve()),
+                "--serve-child",
+                str(port),
+                str(workers),
+                *tls,
+            ]
         label = f"serve-{workers}w-{'verify' if verify else 'noverify'}-{scheme}"
         with open(workdir / f"{label}.log", "wb") as stderr:
-            proc = subprocess.Popen(cmd, env=env, cwd=str(Path(__file__).resolve().parent.parent),
-                                    stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=str(Path(__file__).resolve().parent.parent),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
         base = f"{scheme}://{HOST}:{port}"
         servers.append(Server(label, proc, base, base))
     for server in servers:
@@ -190,7 +235,9 @@ def start_serve(workdir: Path, store: Path, cert: Path, key: Path, workers: int,
 
 
 # --------------------------------------------------------------------------- clients
-def fetch(url: str, cafile: Path, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+def fetch(
+    url: str, cafile: Path, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict, bytes]:
     scheme, rest = url.split("://", 1)
     hostport, path = rest.split("/", 1)
     if scheme == "https":
@@ -238,8 +285,18 @@ def json_rps(server: Server, scheme: str, cafile: Path, args) -> dict[str, float
 
 def curl_download(url: str, cafile: Path, size: int) -> float:
     """MB/s of one download to /dev/null (curl's own figure), checking status and length."""
-    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{speed_download}",
-           "--cacert", str(cafile), "--max-time", "300"]
+    cmd = [
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download} %{speed_download}",
+        "--cacert",
+        str(cafile),
+        "--max-time",
+        "300",
+    ]
     if url.startswith("https"):
         cmd.append("--tlsv1.3")
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=320, check=False)
@@ -290,8 +347,12 @@ def main() -> int:
         return serve_child(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512, help="data in the large disk image [512]")
-    parser.add_argument("--workers", type=int, default=RECOMMENDED_WORKERS,
-                        help=f"serve/ workers for the download figures [{RECOMMENDED_WORKERS}]")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=RECOMMENDED_WORKERS,
+        help=f"serve/ workers for the download figures [{RECOMMENDED_WORKERS}]",
+    )
     parser.add_argument("--worker-counts", default="1,2", help="serve/ worker counts for the JSON figures [1,2]")
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per figure [10]")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads [2]")
@@ -364,7 +425,8 @@ def main() -> int:
         for _ in range(args.repeat):
             for name in json_targets:
                 parallel.setdefault(name, []).append(
-                    parallel_downloads(targets[f"{name}-https"], "https", disk_path, cert, disk_size, args.parallel))
+                    parallel_downloads(targets[f"{name}-https"], "https", disk_path, cert, disk_size, args.parallel)
+                )
         load_after = load_average()
     finally:
         for server in running:
@@ -378,29 +440,53 @@ def main() -> int:
             base = med(rps[("nginx", scheme, case)])
             for workers in counts:
                 value = med(rps[(f"serve{workers}", scheme, case)])
-                rows.append(Row(f"images.json ({images_kb:.0f} KB) {label}, {scheme.upper()}, serve {w(workers)}",
-                                f"{value:,.0f} req/s", f"nginx {base:,.0f} req/s", ratio(value, base)))
+                rows.append(
+                    Row(
+                        f"images.json ({images_kb:.0f} KB) {label}, {scheme.upper()}, serve {w(workers)}",
+                        f"{value:,.0f} req/s",
+                        f"nginx {base:,.0f} req/s",
+                        ratio(value, base),
+                    )
+                )
     mib = disk_size / MIB
     kinds = ((f"serve{args.workers}", "default (verify_reads off)"), ("noverify", "TALOS_VERIFY_READS=true"))
     for kind, label in kinds:
         for scheme in ("http", "https"):
             value, base = med(speeds[(kind, scheme)]), med(speeds[("nginx", scheme)])
-            rows.append(Row(f"disk download {mib:.0f} MiB, {scheme.upper()}, serve {w(args.workers)}, {label}",
-                            f"{value:,.0f} MB/s", f"nginx sendfile {base:,.0f} MB/s", ratio(value, base)))
+            rows.append(
+                Row(
+                    f"disk download {mib:.0f} MiB, {scheme.upper()}, serve {w(args.workers)}, {label}",
+                    f"{value:,.0f} MB/s",
+                    f"nginx sendfile {base:,.0f} MB/s",
+                    ratio(value, base),
+                )
+            )
     base = med(parallel["nginx"])
     for workers in counts:
         value = med(parallel[f"serve{workers}"])
-        rows.append(Row(f"{args.parallel} simultaneous disk downloads, HTTPS, serve {w(workers)}, default: total",
-                        f"{value:,.0f} MB/s", f"nginx {base:,.0f} MB/s", ratio(value, base)))
+        rows.append(
+            Row(
+                f"{args.parallel} simultaneous disk downloads, HTTPS, serve {w(workers)}, default: total",
+                f"{value:,.0f} MB/s",
+                f"nginx {base:,.0f} MB/s",
+                ratio(value, base),
+            )
+        )
     for kind, label in kinds:
         for scheme in ("http", "https"):
             (total, single), (base_total, base_single) = peaks[(kind, scheme)], peaks[("nginx", scheme)]
-            rows.append(Row(
-                f"peak RSS during the {scheme.upper()} downloads, serve {w(args.workers)}, {label}: all processes; largest",
-                f"{total / 1024:.0f} MiB; {single / 1024:.0f} MiB",
-                f"nginx {base_total / 1024:.0f} MiB; {base_single / 1024:.0f} MiB", ratio(total, base_total)))
-    title = (f"serve/ vs nginx on the same store (wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, "
-             f"median of {args.rounds} interleaved rounds; downloads: curl, median of {args.repeat}; 127.0.0.1)")
+            rows.append(
+                Row(
+                    f"peak RSS during the {scheme.upper()} downloads, serve {w(args.workers)}, {label}: all processes; largest",
+                    f"{total / 1024:.0f} MiB; {single / 1024:.0f} MiB",
+                    f"nginx {base_total / 1024:.0f} MiB; {base_single / 1024:.0f} MiB",
+                    ratio(total, base_total),
+                )
+            )
+    title = (
+        f"serve/ vs nginx on the same store (wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, "
+        f"median of {args.rounds} interleaved rounds; downloads: curl, median of {args.repeat}; 127.0.0.1)"
+    )
     text = print_table(title, rows)
     note = f"\nload average (1, 5, 15 min) before: {load_before}; after: {load_after}"
     print(note, flush=True)

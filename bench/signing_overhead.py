@@ -18,18 +18,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MIB, Row, append_output, print_table  # noqa: E402
-from talos_pipeline.core.signing import generate_key_pair  # noqa: E402
-from talos_pipeline.launch import publish  # noqa: E402
-from talos_pipeline.simulator import UpstreamSimulator  # noqa: E402
-from talos_pipeline_tests.fake_sigstore import FakeSigstore, ambient_env  # noqa: E402
+from bench.common import MIB, Row, append_output, print_table
+from talos_pipeline.core.signing import generate_key_pair
+from talos_pipeline.launch import publish
+from talos_pipeline.simulator import UpstreamSimulator
+from talos_pipeline_tests.fake_sigstore import FakeSigstore, ambient_env
 
 
 def timed_publish(workdir: Path, sim: UpstreamSimulator, env: dict[str, str]) -> float:
     store = Path(tempfile.mkdtemp(dir=workdir, prefix="store-"))
     saved = dict(os.environ)
-    os.environ.update(env, TALOS_STORE=str(store), TALOS_RELEASES_URL=sim.releases_url,
-                      TALOS_FACTORY_URL=sim.factory_url, TALOS_VARIANTS="nocloud")
+    os.environ.update(
+        env,
+        TALOS_STORE=str(store),
+        TALOS_RELEASES_URL=sim.releases_url,
+        TALOS_FACTORY_URL=sim.factory_url,
+        TALOS_VARIANTS="nocloud",
+    )
     os.environ.pop("DAGSTER_HOME", None)
     try:
         start = time.perf_counter()
@@ -63,11 +68,19 @@ def main() -> int:
             for size in (int(s) for s in args.sizes_mib.split(",")):
                 with UpstreamSimulator(disk_size=size * MIB, cache_dir=str(workdir / "cache")) as sim:
                     timed_publish(workdir, sim, modes["none"])  # warm: generate the image once
-                    times = {m: min(timed_publish(workdir, sim, env) for _ in range(args.repeat)) for m, env in modes.items()}
+                    times = {
+                        m: min(timed_publish(workdir, sim, env) for _ in range(args.repeat)) for m, env in modes.items()
+                    }
                 for mode in ("key", "sigstore (keyless)"):
                     extra = times[mode] - times["none"]
-                    rows.append(Row(f"signing overhead, {mode}, {size} MiB disk", f"{extra:+.2f} s",
-                                    f"unsigned publish {times['none']:.2f} s", f"{times[mode] / times['none']:.2f}×"))
+                    rows.append(
+                        Row(
+                            f"signing overhead, {mode}, {size} MiB disk",
+                            f"{extra:+.2f} s",
+                            f"unsigned publish {times['none']:.2f} s",
+                            f"{times[mode] / times['none']:.2f}×",
+                        )
+                    )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     text = print_table(f"Signing overhead per publication (best of {args.repeat})", rows)

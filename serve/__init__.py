@@ -9,4 +9,4 @@ from .app import create_app
 from .server import serve_forever, start_in_thread
 from .tls import generate_self_signed, server_ssl_context
 
-__all__ = ["create_app", "serve_forever", "start_in_thread", "generate_self_signed", "server_ssl_context"]
+__all__ = ["create_app", "generate_self_signed", "serve_forever", "server_ssl_context", "start_in_thread"]

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import re
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 from starlette.applications import Starlette
@@ -77,9 +77,7 @@ _ENCODED_SEPARATORS = re.compile(rb"%(?:2f|5c|00|25)", re.IGNORECASE)
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?$")
 _PUBLIC_URL = re.compile(r"^https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?(?:/[A-Za-z0-9._~/-]*)?$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_UNIFIED = re.compile(
-    r"^/unified/(?P<version>[^/]+)/(?P<arch>[^/]+)/(?P<variant>[^/]+)/(?P<sha>[0-9a-f]{64})\.tar$"
-)
+_UNIFIED = re.compile(r"^/unified/(?P<version>[^/]+)/(?P<arch>[^/]+)/(?P<variant>[^/]+)/(?P<sha>[0-9a-f]{64})\.tar$")
 
 
 def check_public_url(public_url: str | None) -> str | None:
@@ -201,8 +199,11 @@ class RequestGuard:
         if head > MAX_REQUEST_HEAD:
             return _text(431, f"request headers too large: at most {MAX_REQUEST_HEAD} bytes are accepted")
         if method not in ALLOWED_METHODS:
-            return _text(405, f"method {method} is not allowed here: this server only answers GET and HEAD",
-                         {"Allow": ", ".join(ALLOWED_METHODS)})
+            return _text(
+                405,
+                f"method {method} is not allowed here: this server only answers GET and HEAD",
+                {"Allow": ", ".join(ALLOWED_METHODS)},
+            )
         raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
         path = scope["path"]
         dots = any(segment in (".", "..") for segment in path.split("/"))
@@ -317,8 +318,12 @@ class _Server:
         wanted = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
         if wanted is not None and _etag_matches(wanted.decode("latin-1"), doc.etag):
             return 304, [(b"etag", etag), cache], b""
-        headers = [(b"etag", etag), cache, (b"content-type", b"application/json"),
-                   (b"content-length", str(len(doc.body)).encode())]
+        headers = [
+            (b"etag", etag),
+            cache,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(doc.body)).encode()),
+        ]
         return 200, headers, b"" if scope["method"] == "HEAD" else doc.body
 
     @staticmethod
@@ -478,7 +483,12 @@ class _Server:
         return await self._stream_proxied(request, image, headers, image.disk_size, image.disk_sha256)
 
     async def _stream_proxied(
-        self, request: Request, image: Image, headers: dict[str, str], size: int, sha256: str,
+        self,
+        request: Request,
+        image: Image,
+        headers: dict[str, str],
+        size: int,
+        sha256: str,
         around: tuple[bytes, bytes] | None = None,
     ) -> Response:
         """A disk from the factory (bare, or wrapped `around` as the unified tarball): no ranges,
@@ -584,7 +594,9 @@ class _Server:
                 self._layouts.clear()
             self._layouts[cache_key] = layout
         if layout.size != image.unified_size:
-            raise ValueError(f"the unified tarball would have {layout.size} bytes, the catalog says {image.unified_size}")
+            raise ValueError(
+                f"the unified tarball would have {layout.size} bytes, the catalog says {image.unified_size}"
+            )
         return layout
 
     async def unified(self, request: Request) -> Response:
@@ -600,7 +612,7 @@ class _Server:
             layout = await anyio.to_thread.run_sync(self._layout, image)
         except ObjectMissing:
             return self._missing(image.metadata_path, image)
-        except Exception as exc:  # noqa: BLE001 (bad tarball, wrong sizes)
+        except Exception as exc:
             self.metrics.bump("store_corrupt")
             log.error("store corrupt: unified tarball of %s: %s", image.label, exc)
             return _text(500, f"the unified image of {image.label} cannot be built; the operator has been told")
@@ -679,6 +691,7 @@ def create_app(
         Route("/unified/{rest:path}", server.unified, methods=methods),
         Route("/{path:path}", server.file, methods=methods),
     ]
+
     async def store_failed(request: Request, exc: Exception) -> Response:
         log.error("store: %s %s: %s", request.method, request.url.path, exc)
         return _text(503, "the image store is not available right now; try again later", {"Retry-After": "5"})

@@ -29,12 +29,12 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
+from talos_pipeline.core.errors import StoreError
 from talos_pipeline.core.images import IMAGES_KEY, INDEX_KEY
 from talos_pipeline.core.store import Store, check_key
-from talos_pipeline.core.errors import StoreError
 from talos_pipeline.core.variants import ARCHES
 from talos_pipeline.core.versions import TalosVersion
 
@@ -330,11 +330,13 @@ class CatalogHolder:
             images = self.store.read_bytes(IMAGES_KEY)
             index = self.store.read_bytes(INDEX_KEY)
             snapshot = parse_catalog(index, images, etags)
-        except Exception as exc:  # noqa: BLE001 (any store failure: keep serving what we have)
+        except Exception as exc:
             self._checked = self.clock()
             message = str(exc) if isinstance(exc, (CatalogError, StoreError)) else f"{type(exc).__name__}: {exc}"
             if message != self.error:
-                log.error("catalog: %s (%s)", message, "serving the previous catalog" if self.snapshot else "nothing to serve")
+                log.error(
+                    "catalog: %s (%s)", message, "serving the previous catalog" if self.snapshot else "nothing to serve"
+                )
             self.error = message
             self.public_error = (
                 "no catalog has been published yet" if isinstance(exc, CatalogMissing)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
 import requests
 
@@ -120,7 +121,7 @@ class StorePart:
                 yield chunk
         except GeneratorExit:
             raise
-        except Exception as exc:  # noqa: BLE001 (a vanished file, an S3 error mid-body)
+        except Exception as exc:
             log.error("store: reading %s failed after %d of %d bytes (%s: %s)",
                       self.key, received, end - start, type(exc).__name__, exc)  # fmt: skip
             raise StreamAborted(f"{self.key}: store read failed") from exc
@@ -162,7 +163,7 @@ def close_quietly(iterator: object) -> None:
     if close is not None:
         try:
             close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("closing a body iterator failed", exc_info=True)
 
 
@@ -254,7 +255,9 @@ class FactoryProxy:
         return url, response
 
     @staticmethod
-    def chunks(url: str, response: requests.Response, on_error: Callable[[int, BaseException], None]) -> Iterator[bytes]:
+    def chunks(
+        url: str, response: requests.Response, on_error: Callable[[int, BaseException], None]
+    ) -> Iterator[bytes]:
         received = 0
         try:
             for chunk in response.raw.stream(CHUNK, decode_content=False):
@@ -262,7 +265,7 @@ class FactoryProxy:
                 yield chunk
         except GeneratorExit:
             raise
-        except Exception as exc:  # noqa: BLE001 (urllib3/requests/socket errors mid-body)
+        except Exception as exc:
             on_error(received, exc)
             raise StreamAborted(f"{url}: failed after {received} bytes") from exc
         finally:

@@ -15,8 +15,8 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -53,9 +53,12 @@ def generate_self_signed(
             names.append(x509.DNSName(host))
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "talos-pipeline")]
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "talos-pipeline"),
+        ]
     )
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()

@@ -135,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = commands.add_parser("publish", help="publish Talos versions (all configured arches and variants)")
     publish.add_argument("versions", nargs="*", metavar="VERSION", help="release tags, e.g. v1.12.0")
-    publish.add_argument("--new", action="store_true",
-                         help="also every eligible upstream release not yet published here (the sensor's policy)")
+    publish.add_argument(
+        "--new",
+        action="store_true",
+        help="also every eligible upstream release not yet published here (the sensor's policy)",
+    )
     publish.add_argument("--arch", action="append", choices=None, help="amd64 or arm64 (repeatable) [TALOS_ARCHES]")
     publish.add_argument("--variant", action="append", help="a configured variant name (repeatable) [all]")
     publish.set_defaults(func=cmd_publish)
@@ -160,12 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser(
         "prune", help="retention: drop old versions from the catalog, delete files out of it for over an hour"
     )
-    prune.add_argument("--keep", type=int, metavar="N",
-                       help="keep the newest N versions of each product line (arch × variant) [TALOS_PRUNE_KEEP; all]")
-    prune.add_argument("--keep-per-minor", type=int, metavar="N",
-                       help="keep the newest N versions of each minor line, e.g. v1.12 [TALOS_PRUNE_KEEP_PER_MINOR; all]")
-    prune.add_argument("--grace-seconds", type=float, metavar="S",
-                       help="delete files only after this long out of the catalog [TALOS_PRUNE_GRACE_SECONDS; 3600]")
+    prune.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="keep the newest N versions of each product line (arch × variant) [TALOS_PRUNE_KEEP; all]",
+    )
+    prune.add_argument(
+        "--keep-per-minor",
+        type=int,
+        metavar="N",
+        help="keep the newest N versions of each minor line, e.g. v1.12 [TALOS_PRUNE_KEEP_PER_MINOR; all]",
+    )
+    prune.add_argument(
+        "--grace-seconds",
+        type=float,
+        metavar="S",
+        help="delete files only after this long out of the catalog [TALOS_PRUNE_GRACE_SECONDS; 3600]",
+    )
     prune.add_argument("--dry-run", action="store_true", help="print what would go; change nothing")
     prune.add_argument("--store", help="store to prune [TALOS_STORE]")
     prune.set_defaults(func=cmd_prune)

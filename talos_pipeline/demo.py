@@ -15,7 +15,7 @@ from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.store import open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
-from talos_pipeline.core.versions import sorted_tags, TalosVersion
+from talos_pipeline.core.versions import TalosVersion, sorted_tags
 
 
 def _say(message: str) -> None:
@@ -61,13 +61,17 @@ def run_demo(args: argparse.Namespace) -> int:
         versions = offered_versions(settings)
         _say(f"upstream simulator at {sim.url}: {len(versions)} releases offered ({', '.join(versions)})")
         outcome = publish(versions)
-        _say(f"published {len(outcome.succeeded)} version×arch partitions into {settings.store}; catalog has {outcome.catalog_products} products")
+        _say(
+            f"published {len(outcome.succeeded)} version×arch partitions into {settings.store}; catalog has {outcome.catalog_products} products"
+        )
         if not outcome.ok:
             for label, message in outcome.failed.items():
                 _say(f"FAILED {label}: {message}")
             return 1
         key_pem = public_key.read_bytes() if public_key else None
-        report = verify_store(open_store(settings.store), VerifyPolicy(key_pem=key_pem, trust_config=settings.trust_config))
+        report = verify_store(
+            open_store(settings.store), VerifyPolicy(key_pem=key_pem, trust_config=settings.trust_config)
+        )
         bad = [p for p in report.products if p.problems]
         _say(f"verify: {len(report.products)} products, {len(bad)} with problems")
         if not report.ok:
@@ -108,7 +112,13 @@ SSL_CERT_FILE pointing at a bundle that contains {cert}):
   incus image import {url}/talos/{latest}/amd64 --alias talos-demo-{latest}
 """)
     serve_forever(
-        open_store(settings.store), "127.0.0.1", args.port, str(cert), str(key),
-        public_url=url, disk_mode=settings.disk_mode, factory_url=sim.factory_url,
+        open_store(settings.store),
+        "127.0.0.1",
+        args.port,
+        str(cert),
+        str(key),
+        public_url=url,
+        disk_mode=settings.disk_mode,
+        factory_url=sim.factory_url,
     )
     return 0

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import dagster as dg
 
@@ -48,7 +48,9 @@ class PublishOutcome:
         return not self.failed
 
 
-def validate_request(settings: Settings, versions: list[str], arches: list[str], variants: list[str]) -> tuple[list[str], list[str], list[str]]:
+def validate_request(
+    settings: Settings, versions: list[str], arches: list[str], variants: list[str]
+) -> tuple[list[str], list[str], list[str]]:
     """Strict tags, known arches and variants, a usable store, and versions upstream offers."""
     tags = [TalosVersion.parse(v).tag for v in versions]
     if not tags:
@@ -74,7 +76,9 @@ def unpublished_versions(
 ) -> list[str]:
     """Eligible upstream releases (the sensor's policy) missing any of these arches × variants here."""
     policy = DiscoveryPolicy.from_settings(settings.include_prereleases, settings.min_version)
-    found = discover(ReleasesClient(settings.releases_url, settings.github_token), FactoryClient(settings.factory_url), policy)
+    found = discover(
+        ReleasesClient(settings.releases_url, settings.github_token), FactoryClient(settings.factory_url), policy
+    )
     log(f"upstream: {found.summary()} ({policy.describe()})")
     records, _ = load_records(open_store(settings.store))
     arch_list = parse_arches(arches) if arches else settings.arch_list()
@@ -107,9 +111,15 @@ def publish(
     tags, arch_list, variant_names = validate_request(settings, versions, arches or [], variants or [])
     defs = build_definitions()
     instance = instance_for_cli()
-    instance.add_dynamic_partitions(talos_versions.name, [t for t in tags if not instance.has_dynamic_partition(talos_versions.name, t)])
+    instance.add_dynamic_partitions(
+        talos_versions.name, [t for t in tags if not instance.has_dynamic_partition(talos_versions.name, t)]
+    )
     run_config = {
-        "ops": {asset.op.name: {"config": {"variants": variant_names}} for asset in per_image_assets if asset.op.name != "talos_release"},
+        "ops": {
+            asset.op.name: {"config": {"variants": variant_names}}
+            for asset in per_image_assets
+            if asset.op.name != "talos_release"
+        },
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
     }
     outcome = PublishOutcome()
@@ -129,7 +139,9 @@ def publish(
                 log(f"FAILED Talos {label}: {outcome.failed[label]}")
     if outcome.succeeded:
         catalog = defs.resolve_job_def("publish_catalog").execute_in_process(
-            instance=instance, run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}}, raise_on_error=False
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
         )
         if not catalog.success:
             outcome.failed["catalog"] = _failure_message(catalog)

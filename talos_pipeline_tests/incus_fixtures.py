@@ -36,7 +36,9 @@ class IncusClient:
     def run(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
         result = subprocess.run(["incus", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
-            raise AssertionError(f"incus {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"incus {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def json(self, *args: str):
@@ -57,7 +59,10 @@ def start_incusd(state_dir: Path, trusted_cert: Path) -> subprocess.Popen:
     log = open(state_dir / "incusd.out", "wb")
     proc = subprocess.Popen(
         [INCUSD, "--group", "root", "--logfile", str(state_dir / "incusd.log")],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -68,7 +73,9 @@ def start_incusd(state_dir: Path, trusted_cert: Path) -> subprocess.Popen:
             break
         time.sleep(0.5)
     stop_incusd(proc)
-    raise RuntimeError(f"incusd did not start; see {state_dir / 'incusd.log'}:\n{(state_dir / 'incusd.out').read_text()[-2000:]}")
+    raise RuntimeError(
+        f"incusd did not start; see {state_dir / 'incusd.log'}:\n{(state_dir / 'incusd.out').read_text()[-2000:]}"
+    )
 
 
 def stop_incusd(proc: subprocess.Popen) -> None:

@@ -81,7 +81,7 @@ class S3TestServer:
         return f"s3://{bucket}"
 
     def cleanup(self, location: str) -> None:
-        bucket, _, prefix = location[len("s3://"):].partition("/")
+        bucket, _, prefix = location[len("s3://") :].partition("/")
         prefix = f"{prefix}/" if prefix else ""
         client = self.client()
         for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
@@ -143,7 +143,9 @@ def moto_with_auth():
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30

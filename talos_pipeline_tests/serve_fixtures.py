@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from talos_pipeline.core.images import ImageRef, ReleaseFacts
 from talos_pipeline.core.catalog import rebuild_catalog
+from talos_pipeline.core.images import ImageRef, ReleaseFacts
 from talos_pipeline.core.publish import hash_disk, publish_record, store_metadata_tarball
 from talos_pipeline.core.records import ProductRecord
 from talos_pipeline.core.store import DirectoryStore

@@ -76,10 +76,22 @@ def _fake_record(store: Store, version: str, arch: str = "amd64") -> ProductReco
     store.put_bytes(meta, b"metadata")
     store.put_bytes(disk, b"disk")
     return ProductRecord(
-        version=version, arch=arch, variant="nocloud", platform="nocloud", schematic=NOCLOUD.schematic,
-        serial="20251222_18:05", published_at="2025-12-22T18:05:12Z", prerelease="-" in version, fingerprint=sha,
-        metadata=PublishedFile(meta, sha, 8), disk=PublishedFile(disk, sha, 4), unified_sha256=sha, unified_size=9,
-        disk_mode="mirror", upstream_path=image.factory_path(), signing="none",
+        version=version,
+        arch=arch,
+        variant="nocloud",
+        platform="nocloud",
+        schematic=NOCLOUD.schematic,
+        serial="20251222_18:05",
+        published_at="2025-12-22T18:05:12Z",
+        prerelease="-" in version,
+        fingerprint=sha,
+        metadata=PublishedFile(meta, sha, 8),
+        disk=PublishedFile(disk, sha, 4),
+        unified_sha256=sha,
+        unified_size=9,
+        disk_mode="mirror",
+        upstream_path=image.factory_path(),
+        signing="none",
     )
 
 
@@ -161,7 +173,9 @@ def _env(**extra) -> dict:
 def test_parallel_publishes_of_different_versions_all_reach_the_catalog(pipeline_env):
     versions = ["v1.11.5", "v1.11.6", "v1.12.0", "v1.12.1"]
     procs = [
-        subprocess.Popen([*CLI, "publish", v, *PUBLISH_ONE], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [*CLI, "publish", v, *PUBLISH_ONE], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         for v in versions
     ]
     outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
@@ -171,9 +185,7 @@ def test_parallel_publishes_of_different_versions_all_reach_the_catalog(pipeline
     _verified(store)
 
 
-def test_publish_killed_mid_download_leaves_a_valid_catalog_and_a_rerun_converges(
-    pipeline_env, simulator, monkeypatch
-):
+def test_publish_killed_mid_download_leaves_a_valid_catalog_and_a_rerun_converges(pipeline_env, simulator, monkeypatch):
     assert publish(["v1.12.0"], ["amd64"], ["nocloud"]).ok
     store = pipeline_env.open()
     before = store.read_bytes(IMAGES_KEY), store.read_bytes(INDEX_KEY)
@@ -189,8 +201,9 @@ def test_publish_killed_mid_download_leaves_a_valid_catalog_and_a_rerun_converge
     monkeypatch.setattr(simulator, "_take_fault", spy)
     simulator.slow_first_byte_seconds = 60
     simulator.set_fault("/image/", "slow_first_byte")
-    proc = subprocess.Popen([*CLI, "publish", "v1.12.1", *PUBLISH_ONE], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CLI, "publish", "v1.12.1", *PUBLISH_ONE], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         assert downloading.wait(90), "the publish never asked the factory for the disk"
         assert store.list_keys("images/v1.12.1/"), "the metadata tarball was stored before"
@@ -260,13 +273,19 @@ def test_publish_killed_at_each_object_write_leaves_a_valid_catalog(pipeline_env
     store = pipeline_env.open()
     for point in KILL_POINTS[pipeline_env.kind]:
         before = store.read_bytes(IMAGES_KEY), store.read_bytes(INDEX_KEY)
-        killed = subprocess.run([sys.executable, "-c", KILLER, "publish", "v1.12.1", *PUBLISH_ONE],
-                                env=_env(TALOS_TEST_KILL_AT=point), capture_output=True, timeout=120)
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLER, "publish", "v1.12.1", *PUBLISH_ONE],
+            env=_env(TALOS_TEST_KILL_AT=point),
+            capture_output=True,
+            timeout=120,
+        )
         assert killed.returncode == -signal.SIGKILL, f"{point}: not killed\n{killed.stderr.decode()[-2000:]}"
         if point == f"putif:{INDEX_KEY}":
             # the documented window: images.json is the complete new catalog, index.json lags
             assert set(json.loads(store.read_bytes(IMAGES_KEY))["products"]) == {
-                "talos:v1.12.0:amd64:nocloud", "talos:v1.12.1:amd64:nocloud"}
+                "talos:v1.12.0:amd64:nocloud",
+                "talos:v1.12.1:amd64:nocloud",
+            }
             assert store.read_bytes(INDEX_KEY) == before[1]
             rebuild_catalog(store, ORDER)  # any later rebuild repairs it; the next kill starts clean
         else:
@@ -287,24 +306,42 @@ def test_publish_killed_at_each_object_write_leaves_a_valid_catalog(pipeline_env
 # -- retention -------------------------------------------------------------------------------
 def _record(version: str, arch: str = "amd64", variant: str = "nocloud") -> ProductRecord:
     return ProductRecord(
-        version=version, arch=arch, variant=variant, platform=variant, schematic=NOCLOUD.schematic,
-        serial="20250101_00:00", published_at="2025-01-01T00:00:00Z", prerelease="-" in version, fingerprint="f",
-        metadata=PublishedFile("m", "s", 1), disk=PublishedFile("d", "s", 1), unified_sha256="u", unified_size=1,
-        disk_mode="mirror", upstream_path="p", signing="none",
+        version=version,
+        arch=arch,
+        variant=variant,
+        platform=variant,
+        schematic=NOCLOUD.schematic,
+        serial="20250101_00:00",
+        published_at="2025-01-01T00:00:00Z",
+        prerelease="-" in version,
+        fingerprint="f",
+        metadata=PublishedFile("m", "s", 1),
+        disk=PublishedFile("d", "s", 1),
+        unified_sha256="u",
+        unified_size=1,
+        disk_mode="mirror",
+        upstream_path="p",
+        signing="none",
     )
 
 
 def _versions(records) -> list[str]:
-    return sorted({r.version for r in records}, key=lambda v: [int(x) if x.isdigit() else x for x in v[1:].replace("-", ".").split(".")])
+    return sorted(
+        {r.version for r in records},
+        key=lambda v: [int(x) if x.isdigit() else x for x in v[1:].replace("-", ".").split(".")],
+    )
 
 
-@pytest.mark.parametrize("policy,kept", [
-    (RetentionPolicy(), ["v1.11.5", "v1.11.6", "v1.12.0", "v1.12.1", "v1.13.0-beta.1"]),
-    (RetentionPolicy(keep=2), ["v1.12.1", "v1.13.0-beta.1"]),
-    (RetentionPolicy(keep=1), ["v1.12.1", "v1.13.0-beta.1"]),  # the newest stable stays: talos/latest
-    (RetentionPolicy(keep_per_minor=1), ["v1.11.6", "v1.12.1", "v1.13.0-beta.1"]),
-    (RetentionPolicy(keep=3, keep_per_minor=1), ["v1.11.6", "v1.12.0", "v1.12.1", "v1.13.0-beta.1"]),
-])
+@pytest.mark.parametrize(
+    "policy,kept",
+    [
+        (RetentionPolicy(), ["v1.11.5", "v1.11.6", "v1.12.0", "v1.12.1", "v1.13.0-beta.1"]),
+        (RetentionPolicy(keep=2), ["v1.12.1", "v1.13.0-beta.1"]),
+        (RetentionPolicy(keep=1), ["v1.12.1", "v1.13.0-beta.1"]),  # the newest stable stays: talos/latest
+        (RetentionPolicy(keep_per_minor=1), ["v1.11.6", "v1.12.1", "v1.13.0-beta.1"]),
+        (RetentionPolicy(keep=3, keep_per_minor=1), ["v1.11.6", "v1.12.0", "v1.12.1", "v1.13.0-beta.1"]),
+    ],
+)
 def test_retention_plan(policy, kept):
     versions = ["v1.11.5", "v1.11.6", "v1.12.0", "v1.12.1", "v1.13.0-beta.1"]
     records = [_record(v, arch) for v in versions for arch in ("amd64", "arm64")]
@@ -320,8 +357,13 @@ def test_retention_policy_is_validated():
 
 @pytest.fixture
 def four_versions(any_store, simulator) -> Store:
-    publish_images(any_store, simulator, versions=("v1.11.5", "v1.11.6", "v1.12.0", "v1.12.1"), arches=("amd64",),
-                   variants=(NOCLOUD,))
+    publish_images(
+        any_store,
+        simulator,
+        versions=("v1.11.5", "v1.11.6", "v1.12.0", "v1.12.1"),
+        arches=("amd64",),
+        variants=(NOCLOUD,),
+    )
     return any_store
 
 
@@ -404,8 +446,13 @@ def test_an_unreadable_record_protects_its_image_directory(four_versions):
 
 
 def test_prune_cli_and_dagster_job(pipeline_env, simulator, capsys, monkeypatch):
-    publish_images(pipeline_env.open(), simulator, versions=("v1.11.6", "v1.12.0", "v1.12.1"), arches=("amd64",),
-                   variants=(NOCLOUD,))
+    publish_images(
+        pipeline_env.open(),
+        simulator,
+        versions=("v1.11.6", "v1.12.0", "v1.12.1"),
+        arches=("amd64",),
+        variants=(NOCLOUD,),
+    )
     assert main(["prune", "--keep", "1", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "dry run" in out and "2 would be dropped" in out and "talos:v1.11.6:amd64:nocloud" in out
@@ -418,7 +465,9 @@ def test_prune_cli_and_dagster_job(pipeline_env, simulator, capsys, monkeypatch)
     result = defs.resolve_job_def("prune_store").execute_in_process(run_config=run_config, raise_on_error=False)
     assert result.success
     assert _products(pipeline_env.open()) == {"talos:v1.12.0:amd64:nocloud", "talos:v1.12.1:amd64:nocloud"}
-    assert [m.asset_key.path for m in result.asset_materializations_for_node("prune_talos_store")] == [["talos_catalog"]]
+    assert [m.asset_key.path for m in result.asset_materializations_for_node("prune_talos_store")] == [
+        ["talos_catalog"]
+    ]
 
     assert main(["prune", "--keep", "1", "--grace-seconds", "0"]) == 0
     out = capsys.readouterr().out

@@ -25,7 +25,9 @@ METAL = Variant("metal", "metal")
 RELEASE = ReleaseFacts("v1.12.0", "2025-12-22T18:05:12Z", False)
 
 
-@pytest.mark.parametrize("tag", ["v1.12", "latest", "v1.12.0|x", "1.12.0", "v1.12.0-foo.1", "v01.2.3", "v1.12.0/../x", "", "v1.12.0 "])
+@pytest.mark.parametrize(
+    "tag", ["v1.12", "latest", "v1.12.0|x", "1.12.0", "v1.12.0-foo.1", "v01.2.3", "v1.12.0/../x", "", "v1.12.0 "]
+)
 def test_malformed_tags_are_refused_with_the_value_named(tag):
     with pytest.raises(InvalidVersionError, match="is not a Talos release tag"):
         TalosVersion.parse(tag)
@@ -34,7 +36,13 @@ def test_malformed_tags_are_refused_with_the_value_named(tag):
 def test_version_order_puts_prereleases_before_their_release():
     tags = ["v1.12.0", "v1.11.6", "v1.12.0-rc.0", "v1.12.0-beta.1", "v1.12.0-alpha.2", "v1.10.10", "v1.12.1"]
     assert sorted_tags(tags) == [
-        "v1.10.10", "v1.11.6", "v1.12.0-alpha.2", "v1.12.0-beta.1", "v1.12.0-rc.0", "v1.12.0", "v1.12.1"
+        "v1.10.10",
+        "v1.11.6",
+        "v1.12.0-alpha.2",
+        "v1.12.0-beta.1",
+        "v1.12.0-rc.0",
+        "v1.12.0",
+        "v1.12.1",
     ]
     assert TalosVersion.parse("v1.12.3").minor_line == "v1.12"
 
@@ -51,14 +59,17 @@ def test_variants_parse_defaults_and_custom_schematics():
     assert variants[0].is_vanilla
 
 
-@pytest.mark.parametrize("value,fragment", [
-    ("aws", "unknown variant 'aws'"),
-    ("x=openstack", "unknown platform 'openstack'"),
-    ("qga=nocloud:1234", "is not 64 lowercase hex"),
-    ("nocloud,nocloud", "more than once"),
-    ("", "is empty"),
-    ("Bad", "the name must be"),
-])
+@pytest.mark.parametrize(
+    "value,fragment",
+    [
+        ("aws", "unknown variant 'aws'"),
+        ("x=openstack", "unknown platform 'openstack'"),
+        ("qga=nocloud:1234", "is not 64 lowercase hex"),
+        ("nocloud,nocloud", "more than once"),
+        ("", "is empty"),
+        ("Bad", "the name must be"),
+    ],
+)
 def test_bad_variants_name_the_value(value, fragment):
     with pytest.raises(ConfigError, match=fragment):
         parse_variants(value)
@@ -100,7 +111,7 @@ def test_unified_tarball_layout_is_a_readable_tar_with_a_precomputed_hash():
     layout = unified_layout(image, RELEASE, len(disk))
     digester = ImageDigester(tarball, layout.prefix, lambda size: layout.suffix)
     for start in range(0, len(disk), 65536):
-        digester.update(disk[start:start + 65536])
+        digester.update(disk[start : start + 65536])
     digests = digester.finish()
     whole = layout.prefix + disk + layout.suffix
     assert digests.unified_size == len(whole) == layout.size
@@ -117,11 +128,22 @@ def test_unified_tarball_layout_is_a_readable_tar_with_a_precomputed_hash():
 def _record(version: str, arch: str, variant: Variant, prerelease: bool = False) -> ProductRecord:
     image = ImageRef(version, arch, variant)
     return ProductRecord(
-        version=version, arch=arch, variant=variant.name, platform=variant.platform, schematic=variant.schematic,
-        serial="20251222_18:05", published_at="2025-12-22T18:05:12Z", prerelease=prerelease,
-        fingerprint="f" * 64, metadata=PublishedFile(image.metadata_key("a" * 64), "a" * 64, 400),
-        disk=PublishedFile(image.disk_key("b" * 64), "b" * 64, 1000), unified_sha256="c" * 64,
-        unified_size=3000, disk_mode="mirror", upstream_path=image.factory_path(), signing="none",
+        version=version,
+        arch=arch,
+        variant=variant.name,
+        platform=variant.platform,
+        schematic=variant.schematic,
+        serial="20251222_18:05",
+        published_at="2025-12-22T18:05:12Z",
+        prerelease=prerelease,
+        fingerprint="f" * 64,
+        metadata=PublishedFile(image.metadata_key("a" * 64), "a" * 64, 400),
+        disk=PublishedFile(image.disk_key("b" * 64), "b" * 64, 1000),
+        unified_sha256="c" * 64,
+        unified_size=3000,
+        disk_mode="mirror",
+        upstream_path=image.factory_path(),
+        signing="none",
     )
 
 
@@ -158,7 +180,7 @@ def test_catalog_follows_what_incus_requires():
     product = images["products"]["talos:v1.12.0:amd64:nocloud"]
     assert isinstance(product["aliases"], str) and "talos/v1.12.0" in product["aliases"].split(",")
     assert product["requirements"] == {"secureboot": "false"} and product["os"] == "Talos"
-    (serial, version), = product["versions"].items()
+    ((serial, version),) = product["versions"].items()
     assert serial[:8].isdigit()
     items = {i["ftype"]: i for i in version["items"].values()}
     assert items["incus.tar.xz"]["combined_disk-kvm-img_sha256"] == "f" * 64
@@ -177,10 +199,9 @@ def test_directory_store_is_atomic_idempotent_and_confined(tmp_path):
     assert store.read_bytes("images/x.qcow2") == b"x" * 10
     assert b"".join(store.iter_range("images/x.qcow2", 2, 5)) == b"xxx"
     assert store.list_keys("images/") == ["images/x.qcow2"]
-    with pytest.raises(RuntimeError):
-        with store.upload() as upload:
-            upload.write(b"partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.upload() as upload:
+        upload.write(b"partial")
+        raise RuntimeError("boom")
     assert not list((tmp_path / "s/.tmp").iterdir()), "an aborted upload leaves nothing behind"
     for bad in ("../x", "/etc/passwd", "a/../../x", "a//b", "a\\b", ".tmp/x", "a/.."):
         with pytest.raises(StoreError):

@@ -27,8 +27,13 @@ FIRST, NEXT = ["v1.11.6"], ["v1.12.0", "v1.12.1"]
 
 def _env(store: Path, simulator) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TALOS_", "DAGSTER_HOME"))}
-    env.update(TALOS_STORE=str(store), TALOS_RELEASES_URL=simulator.releases_url,
-               TALOS_FACTORY_URL=simulator.factory_url, TALOS_SIGNING="none", TALOS_ARCHES="amd64")
+    env.update(
+        TALOS_STORE=str(store),
+        TALOS_RELEASES_URL=simulator.releases_url,
+        TALOS_FACTORY_URL=simulator.factory_url,
+        TALOS_SIGNING="none",
+        TALOS_ARCHES="amd64",
+    )
     return env
 
 
@@ -53,8 +58,13 @@ def test_sigkill_at_random_points_keeps_a_valid_catalog_and_reruns_converge(tmp_
         store = tmp_path / f"seed-{seed}"
         _publish(store, simulator, FIRST)
         before = _products(store)
-        proc = subprocess.Popen([*CLI, *NEXT], env=_env(store, simulator),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [*CLI, *NEXT],
+            env=_env(store, simulator),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         time.sleep(rng.uniform(0.2, duration))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -24,10 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -61,7 +61,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(what: str, probe: Callable[[], object], timeout: float, on_timeout: Callable[[], str] = lambda: "") -> object:
+def wait_for(
+    what: str, probe: Callable[[], object], timeout: float, on_timeout: Callable[[], str] = lambda: ""
+) -> object:
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -106,7 +108,19 @@ def throwaway_postgres() -> Iterator[str]:
     try:
         run(str(bindir / "initdb"), "-D", str(data), "-U", "dagster", "-A", "trust", "-E", "UTF8", "--no-sync")
         options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o", options, "start")
+        run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
         try:
             run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster")
             # +psycopg2: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which dagster-postgres does not install
@@ -189,7 +203,9 @@ class Deployment:
             runs = f"  (runs unavailable: {exc})"
         ticks = self.sensor_ticks()
         tail = self.log.read_text(errors="replace")[-6000:] if self.log.exists() else ""
-        return f"products: {sorted(self.products())}\nruns:\n{runs}\nsensor ticks: {ticks}\ndagster dev log tail:\n{tail}"
+        return (
+            f"products: {sorted(self.products())}\nruns:\n{runs}\nsensor ticks: {ticks}\ndagster dev log tail:\n{tail}"
+        )
 
     def sensor_ticks(self) -> list:
         try:
@@ -199,7 +215,10 @@ class Deployment:
                      ... on Sensors { results { name sensorState { status ticks(limit: 3) { status skipReason
                      error { message } } } } } } }"""
             )
-            return [(s["name"], s["sensorState"]["status"], s["sensorState"]["ticks"]) for s in data["sensorsOrError"]["results"]]
+            return [
+                (s["name"], s["sensorState"]["status"], s["sensorState"]["ticks"])
+                for s in data["sensorsOrError"]["results"]
+            ]
         except Exception as exc:
             return [f"(unavailable: {exc})"]
 
@@ -211,7 +230,11 @@ def dagster_dev(
     home = tmp / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(dagster_yaml(postgres_url))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALOS_", "DAGSTER_", "GITHUB_TOKEN", "ACTIONS_ID_TOKEN"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TALOS_", "DAGSTER_", "GITHUB_TOKEN", "ACTIONS_ID_TOKEN"))
+    }
     env.update({
         "DAGSTER_HOME": str(home),
         "TALOS_STORE": store,
@@ -338,7 +361,9 @@ def take_screenshot(deployment: Deployment, target: Path, tmp: Path, width: int 
                     call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
             def text() -> str:
-                return call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"].get("value", "")
+                return call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"].get(
+                    "value", ""
+                )
 
             call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
             call("Page.navigate", url=f"{deployment.url}/asset-groups")
@@ -390,7 +415,7 @@ def rebuilt_by(run: dict) -> str:
     tags = {t["key"]: t["value"] for t in run["tags"]}
     if "dagster/from_automation_condition" in tags:
         return "automation"
-    return tags.get("talos/trigger") or tags.get("dagster/backfill") and "backfill" or "other"
+    return tags.get("talos/trigger") or (tags.get("dagster/backfill") and "backfill") or "other"
 
 
 def test_dagster_publishes_new_releases_and_backfills_by_itself(tmp_path, qcow2_cache, setup):

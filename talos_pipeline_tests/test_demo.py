@@ -27,8 +27,13 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def test_demo_once_publishes_every_release_signed_and_verifiable(tmp_path):
     data = tmp_path / "demo"
-    result = subprocess.run([*CLI, "demo", "--once", "--data-dir", str(data), "--disk-size", "1MiB"],
-                            env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*CLI, "demo", "--once", "--data-dir", str(data), "--disk-size", "1MiB"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "catalog has 20 products" in result.stdout and "0 with problems" in result.stdout
     store = data / "store"
@@ -36,8 +41,13 @@ def test_demo_once_publishes_every_release_signed_and_verifiable(tmp_path):
     assert len(images["products"]) == 5 * 2 * 2, "5 offered releases × 2 arches × 2 variants"
     assert {p["talos_signing"] for p in images["products"].values()} == {"key"}
     env = dict(_env(tmp_path), TALOS_STORE=str(store))
-    verify = subprocess.run([*CLI, "verify", "--key", str(data / "keys/talos-signing.pub")],
-                            env=env, capture_output=True, text=True, timeout=120)
+    verify = subprocess.run(
+        [*CLI, "verify", "--key", str(data / "keys/talos-signing.pub")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     if shutil.which("incus-simplestreams"):
         check = subprocess.run(["incus-simplestreams", "verify"], cwd=store, capture_output=True, text=True)
@@ -49,8 +59,13 @@ def test_demo_serves_over_tls_until_interrupted(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([*CLI, "demo", "--data-dir", str(data), "--disk-size", "1MiB", "--port", str(port)],
-                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--data-dir", str(data), "--disk-size", "1MiB", "--port", str(port)],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         deadline = time.monotonic() + 240

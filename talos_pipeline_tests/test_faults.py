@@ -91,8 +91,17 @@ def test_github_rate_limits_fail_with_the_reset_time(baseline, simulator, fault,
     assert _catalog(baseline) == {"talos:v1.11.6:amd64:nocloud"}
 
 
-@pytest.mark.parametrize("fault,transient", [("500", False), ("truncate", False), ("reset", False),
-                                             ("500", True), ("slow_first_byte", True), ("redirect_chain", True)])
+@pytest.mark.parametrize(
+    "fault,transient",
+    [
+        ("500", False),
+        ("truncate", False),
+        ("reset", False),
+        ("500", True),
+        ("slow_first_byte", True),
+        ("redirect_chain", True),
+    ],
+)
 def test_serve_proxy_mode_under_upstream_faults(pipeline_env, simulator, monkeypatch, fault, transient):
     monkeypatch.setenv("TALOS_DISK_MODE", "proxy")
     monkeypatch.setenv("TALOS_ARCHES", "amd64")

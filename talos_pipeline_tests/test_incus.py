@@ -52,8 +52,11 @@ def sim(tmp_path_factory):
 def _publish(store: Path | str, sim: UpstreamSimulator, versions: list[str], **env: str) -> None:
     with pytest.MonkeyPatch.context() as mp:
         for name, value in {
-            "TALOS_STORE": str(store), "TALOS_RELEASES_URL": sim.releases_url, "TALOS_FACTORY_URL": sim.factory_url,
-            "TALOS_SIGNING": "none", **env,
+            "TALOS_STORE": str(store),
+            "TALOS_RELEASES_URL": sim.releases_url,
+            "TALOS_FACTORY_URL": sim.factory_url,
+            "TALOS_SIGNING": "none",
+            **env,
         }.items():
             mp.setenv(name, value)
         mp.delenv("DAGSTER_HOME", raising=False)
@@ -78,8 +81,11 @@ def server(store, tls):
 @pytest.fixture
 def client(tmp_path, incusd, server, tls) -> IncusClient:
     env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path), "INCUS_DIR": str(incusd),
-        "INCUS_CONF": str(tmp_path / "conf"), "INCUS_CACHE": str(tmp_path / "cache"),
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(tmp_path),
+        "INCUS_DIR": str(incusd),
+        "INCUS_CONF": str(tmp_path / "conf"),
+        "INCUS_CACHE": str(tmp_path / "cache"),
     }
     incus = IncusClient(env=env, conf=tmp_path / "conf")
     incus.add_remote("talos", server, tls[0])
@@ -111,8 +117,15 @@ def test_image_list_shows_every_published_image_with_its_properties(client, stor
 
 def test_aliases_resolve_for_every_form(client, store):
     names = {alias["name"] for alias in client.json("image", "alias", "list", "talos:")}
-    for alias in ("talos/v1.12.1", "talos/v1.12.1/nocloud", "talos/v1.12.1/metal", "talos/v1.12", "talos/v1.11",
-                  "talos/latest", "talos/v1.12.0-beta.1"):
+    for alias in (
+        "talos/v1.12.1",
+        "talos/v1.12.1/nocloud",
+        "talos/v1.12.1/metal",
+        "talos/v1.12",
+        "talos/v1.11",
+        "talos/latest",
+        "talos/v1.12.0-beta.1",
+    ):
         assert alias in names, f"{alias} missing from {sorted(names)}"
         assert f"{alias}/amd64" in names
     products = _catalog(store)["products"]
@@ -152,8 +165,11 @@ def _serve_copy(tmp_path: Path, store: Path, tls, incusd, **app_kwargs) -> tuple
     app = create_app(DirectoryStore(store), **app_kwargs)
     url, stop = start_in_thread(app, cert=str(tls[0]), key=str(tls[1]))
     env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path), "INCUS_DIR": str(incusd),
-        "INCUS_CONF": str(tmp_path / "conf2"), "INCUS_CACHE": str(tmp_path / "cache2"),
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(tmp_path),
+        "INCUS_DIR": str(incusd),
+        "INCUS_CONF": str(tmp_path / "conf2"),
+        "INCUS_CACHE": str(tmp_path / "cache2"),
     }
     incus = IncusClient(env=env, conf=tmp_path / "conf2")
     incus.add_remote("broken", url, tls[0])
@@ -191,13 +207,17 @@ def test_proxy_mode_drift_fails_the_download_and_is_reported(tmp_path, tls, incu
         try:
             incus.run("image", "copy", "broken:talos/v1.12.0", "local:", "--vm")
             sim.drift("v1.12.0", "amd64", "nocloud")
-            incus.run("image", "delete", "local:" + _fingerprint(_catalog(store)["products"]["talos:v1.12.0:amd64:nocloud"]))
+            incus.run(
+                "image", "delete", "local:" + _fingerprint(_catalog(store)["products"]["talos:v1.12.0:amd64:nocloud"])
+            )
             result = incus.run("image", "copy", "broken:talos/v1.12.0", "local:", "--vm", check=False)
         finally:
             stop()
         assert result.returncode != 0, result.stdout
         assert app.state.metrics["proxy_drift"] >= 1, result.stderr
-        assert any("v1.12.0" in r.getMessage() and "amd64" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+        assert any(
+            "v1.12.0" in r.getMessage() and "amd64" in r.getMessage() for r in caplog.records if r.levelname == "ERROR"
+        )
 
 
 def test_image_copy_and_direct_import_from_an_s3_store(tmp_path, sim, tls, incusd, s3_store_url):
@@ -211,8 +231,11 @@ def test_image_copy_and_direct_import_from_an_s3_store(tmp_path, sim, tls, incus
     expected = _fingerprint(images["products"]["talos:v1.12.1:amd64:nocloud"])
     url, stop = start_in_thread(create_app(store), cert=str(tls[0]), key=str(tls[1]))
     env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path), "INCUS_DIR": str(incusd),
-        "INCUS_CONF": str(tmp_path / "conf-s3"), "INCUS_CACHE": str(tmp_path / "cache-s3"),
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(tmp_path),
+        "INCUS_DIR": str(incusd),
+        "INCUS_CONF": str(tmp_path / "conf-s3"),
+        "INCUS_CACHE": str(tmp_path / "cache-s3"),
     }
     incus = IncusClient(env=env, conf=tmp_path / "conf-s3")
     incus.add_remote("s3talos", url, tls[0])

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+
 import pytest
 
 from talos_pipeline.cli import main
@@ -24,7 +25,8 @@ ARCHES = ["amd64", "arm64"]
 VARIANTS = {"nocloud": "nocloud", "metal": "metal"}
 
 needs_incus_simplestreams = pytest.mark.skipif(
-    shutil.which("incus-simplestreams") is None and not os.environ.get("CI"), reason="incus-simplestreams (Debian incus-extra) is not installed"
+    shutil.which("incus-simplestreams") is None and not os.environ.get("CI"),
+    reason="incus-simplestreams (Debian incus-extra) is not installed",
 )
 
 
@@ -99,11 +101,14 @@ def test_malformed_tags_fail_before_anything_is_published(pipeline_env, tag, cap
     assert not any(key.endswith(".json") for key in pipeline_env.keys())
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["publish", "v1.99.0"], "does not offer Talos v1.99.0"),
-    (["publish", "v1.12.0", "--arch", "riscv64"], "unknown architecture 'riscv64'"),
-    (["publish", "v1.12.0", "--variant", "gcp"], "unknown variant 'gcp'"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["publish", "v1.99.0"], "does not offer Talos v1.99.0"),
+        (["publish", "v1.12.0", "--arch", "riscv64"], "unknown architecture 'riscv64'"),
+        (["publish", "v1.12.0", "--variant", "gcp"], "unknown variant 'gcp'"),
+    ],
+)
 def test_bad_requests_name_the_value(pipeline_env, args, fragment, capsys):
     assert main(args) == 2
     assert fragment in capsys.readouterr().err

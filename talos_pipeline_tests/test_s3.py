@@ -70,13 +70,13 @@ def _multipart_uploads(store: S3Store) -> list:
 
 def _all_objects(store: S3Store) -> list[str]:
     answer = store.s3.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix)
-    return [o["Key"][len(store.prefix):] for o in answer.get("Contents", [])]
+    return [o["Key"][len(store.prefix) :] for o in answer.get("Contents", [])]
 
 
 def _upload(store: S3Store, data: bytes, chunk: int = MIB):
     upload = store.upload()
     for start in range(0, len(data), chunk):
-        upload.write(data[start:start + chunk])
+        upload.write(data[start : start + chunk])
     return upload
 
 
@@ -88,11 +88,14 @@ def test_urls_name_bucket_and_prefix(s3_env):
     assert S3Store.from_url("s3://my-bucket").prefix == ""
 
 
-@pytest.mark.parametrize("url,fragment", [
-    ("s3://", "no bucket name"),
-    ("s3://Bad_Bucket", "not a valid bucket name"),
-    ("s3://ok-bucket/../x", "not a usable key prefix"),
-])
+@pytest.mark.parametrize(
+    "url,fragment",
+    [
+        ("s3://", "no bucket name"),
+        ("s3://Bad_Bucket", "not a valid bucket name"),
+        ("s3://ok-bucket/../x", "not a usable key prefix"),
+    ],
+)
 def test_bad_urls_are_config_errors(s3_env, url, fragment):
     with pytest.raises(ConfigError, match=fragment):
         open_store(url)
@@ -128,7 +131,7 @@ def test_unreachable_endpoint_fails_fast(s3_env, monkeypatch):
 
 def test_refused_credentials_fail_early(s3_server, s3_env, monkeypatch, request):
     if s3_server.external_url:  # a real service: wrong keys for the real endpoint
-        bucket = s3_server.external_url[len("s3://"):].split("/")[0]
+        bucket = s3_server.external_url[len("s3://") :].split("/")[0]
     else:  # moto with authentication on (it knows no keys at all)
         monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("moto_with_auth"))
         bucket = "some-bucket"
@@ -140,12 +143,15 @@ def test_refused_credentials_fail_early(s3_server, s3_env, monkeypatch, request)
 
 
 # -- small objects ---------------------------------------------------------------------------
-@pytest.mark.parametrize("key,content_type", [
-    ("streams/v1/images.json", "application/json"),
-    ("images/v1.12.0/amd64/nocloud/incus-ab.tar.xz", "application/x-xz"),
-    ("images/v1.12.0/amd64/nocloud/disk-ab.qcow2.sigstore.json", "application/vnd.dev.sigstore.bundle.v0.3+json"),
-    ("state/v1.12.0/amd64/release.bin", "application/octet-stream"),
-])
+@pytest.mark.parametrize(
+    "key,content_type",
+    [
+        ("streams/v1/images.json", "application/json"),
+        ("images/v1.12.0/amd64/nocloud/incus-ab.tar.xz", "application/x-xz"),
+        ("images/v1.12.0/amd64/nocloud/disk-ab.qcow2.sigstore.json", "application/vnd.dev.sigstore.bundle.v0.3+json"),
+        ("state/v1.12.0/amd64/release.bin", "application/octet-stream"),
+    ],
+)
 def test_put_bytes_sets_content_type_and_sha256_checksum(store, key, content_type):
     data = b'{"hello": "world"}\n'
     store.put_bytes(key, data)
@@ -212,7 +218,7 @@ def test_ranges_stream_in_bounded_chunks(store):
     store.put_bytes("images/x/disk-a.qcow2", data)
     assert b"".join(store.iter_range("images/x/disk-a.qcow2")) == data
     chunks = list(store.iter_range("images/x/disk-a.qcow2", 10, 2 * MIB + 7, chunk_size=64 * 1024))
-    assert b"".join(chunks) == data[10:2 * MIB + 7]
+    assert b"".join(chunks) == data[10 : 2 * MIB + 7]
     assert max(len(c) for c in chunks) <= 64 * 1024
     assert b"".join(store.iter_range("images/x/disk-a.qcow2", len(data) - 5)) == data[-5:]
     assert b"".join(store.iter_range("images/x/disk-a.qcow2", 100, len(data) + 1000)) == data[100:]
@@ -349,7 +355,7 @@ def test_publish_with_bad_s3_settings_exits_2_before_any_download(
             monkeypatch.delenv(name)
     monkeypatch.setenv("TALOS_RELEASES_URL", simulator.releases_url)
     monkeypatch.setenv("TALOS_FACTORY_URL", simulator.factory_url)
-    bucket = s3_store_url[len("s3://"):].split("/")[0]
+    bucket = s3_store_url[len("s3://") :].split("/")[0]
     if problem == "missing bucket":
         bucket = f"talos-missing-{uuid.uuid4().hex[:16]}"
     elif problem == "unreachable endpoint":

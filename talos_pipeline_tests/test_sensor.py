@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -128,7 +128,7 @@ def test_rate_limited_skips_with_the_reset_time_and_waits_for_it(sensor, instanc
     simulator.rate_limit(0, reset_in=120)
     reset = simulator.rate_limit_status()["reset"]
     result = tick(sensor, instance, simulator)
-    when = datetime.fromtimestamp(reset, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = datetime.fromtimestamp(reset, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     message = skip_message(result)
     assert "rate limit" in message and when in message and "GITHUB_TOKEN" in message
     assert json.loads(result.cursor)["wait_until"] == reset
@@ -205,7 +205,7 @@ def test_the_interval_respects_the_github_budget():
 
 
 def test_a_release_the_factory_does_not_list_yet_stays_pending():
-    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 2, tzinfo=UTC)
     fresh = (now - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
     releases = [
         {"tag_name": "v1.12.3", "published_at": fresh, "prerelease": False},
@@ -292,7 +292,9 @@ def test_drift_fails_the_check_and_requests_republication(proxied, simulator, in
     # what the daemon then runs: the partition is republished with the factory's new bytes
     defs = build_definitions()
     instance.add_dynamic_partitions(talos_versions.name, ["v1.12.0"])
-    run = defs.resolve_job_def("publish_images").execute_in_process(instance=instance, partition_key=requests[0].partition_key)
+    run = defs.resolve_job_def("publish_images").execute_in_process(
+        instance=instance, partition_key=requests[0].partition_key
+    )
     assert run.success
     records = {r.variant: r for r in load_records(proxied.open())[0]}
     assert records["nocloud"].disk.sha256 == simulator.image_sha256("v1.12.0", "amd64", "nocloud")

@@ -146,7 +146,9 @@ def _raw(running: Running, request: bytes, timeout: float = 10.0) -> tuple[int, 
     return status, headers, body
 
 
-def _get_raw(running: Running, target: str | bytes, extra: bytes = b"", host: bytes = b"127.0.0.1") -> tuple[int, dict, bytes]:
+def _get_raw(
+    running: Running, target: str | bytes, extra: bytes = b"", host: bytes = b"127.0.0.1"
+) -> tuple[int, dict, bytes]:
     target = target.encode("latin-1") if isinstance(target, str) else target
     request = b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + extra + b"Connection: close\r\n\r\n"
     return _raw(running, request)
@@ -430,7 +432,7 @@ def test_direct_import_headers_for_both_url_forms(server, mirror):
 def test_unified_tarball_matches_the_advertised_hash(server, mirror):
     record = mirror.record("v1.12.0", "arm64", "metal")
     url = server.get("/talos/v1.12.0/metal/arm64").headers["Incus-Image-URL"]
-    response = server.get(url[len(server.base):])
+    response = server.get(url[len(server.base) :])
     assert response.status_code == 200
     body = response.content
     assert _sha(body) == record.unified_sha256 and len(body) == record.unified_size
@@ -445,16 +447,16 @@ def test_unified_tarball_matches_the_advertised_hash(server, mirror):
     assert yaml == read_metadata_yaml(mirror.store.read_bytes(record.metadata.path))[0]
     assert b"architecture: aarch64" in yaml and b"variant: metal" in yaml
 
-    head = server.head(url[len(server.base):])
+    head = server.head(url[len(server.base) :])
     assert head.status_code == 200 and int(head.headers["Content-Length"]) == record.unified_size
     for header, (start, end) in {"bytes=500-2000": (500, 2001), "bytes=-1024": (len(body) - 1024, len(body))}.items():
-        part = server.get(url[len(server.base):], headers={"Range": header})
+        part = server.get(url[len(server.base) :], headers={"Range": header})
         assert part.status_code == 206 and part.content == body[start:end]
     # Only the catalog's current sha256 is served.
     wrong = url.rsplit("/", 1)[0] + "/" + "a" * 64 + ".tar"
-    assert server.get(wrong[len(server.base):]).status_code == 404
+    assert server.get(wrong[len(server.base) :]).status_code == 404
     other_variant = url.replace("/metal/", "/nocloud/")
-    assert server.get(other_variant[len(server.base):]).status_code == 404
+    assert server.get(other_variant[len(server.base) :]).status_code == 404
 
 
 def test_direct_import_404_bodies_say_what_exists(server):
@@ -591,7 +593,7 @@ def test_proxy_mode_streams_from_the_factory(tmp_path, tls, sim):
         assert ranged.status_code == 200 and _sha(ranged.content) == record.disk.sha256
 
         url = running.get("/talos/v1.12.0/amd64").headers["Incus-Image-URL"]
-        unified = running.get(url[len(running.base):])
+        unified = running.get(url[len(running.base) :])
         assert unified.status_code == 200 and _sha(unified.content) == record.unified_sha256
         assert running.metrics["proxy_drift"] == 0
     finally:
@@ -632,7 +634,7 @@ def test_proxy_drift_cuts_the_response_off(tmp_path, tls, caplog):
 
             url = running.get("/talos/v1.12.0/amd64").headers["Incus-Image-URL"]
             with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-                running.get(url[len(running.base):]).content
+                running.get(url[len(running.base) :]).content
             assert running.metrics["proxy_drift"] == 3
             assert running.get("/healthz").json()["metrics"]["proxy_drift"] == 3
         finally:

@@ -209,9 +209,7 @@ def test_wrong_identity_is_refused(signed: dict[str, bytes], fake: FakeSigstore)
         _verify_meta(fake, signed["metadata"], identity_regexp="^https://github.com/someone/else/")
 
 
-def test_repo_evil_needs_the_trailing_slash(
-    fake: FakeSigstore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_repo_evil_needs_the_trailing_slash(fake: FakeSigstore, monkeypatch: pytest.MonkeyPatch) -> None:
     evil = fake.repository + "-evil"
     monkeypatch.setenv("TALOS_SIGNING", "sigstore")
     for name, value in ambient_env(fake, repository=evil).items():
@@ -219,9 +217,7 @@ def test_repo_evil_needs_the_trailing_slash(
     with signer_from_env() as signer:
         bundle = signer.sign_bytes(METADATA)
     good = "^https://github.com/" + fake.repository + "/"
-    with pytest.raises(
-        SigningError, match=r"talos-incus-evil/.* does not match regexp " + re.escape(good)
-    ):
+    with pytest.raises(SigningError, match=r"talos-incus-evil/.* does not match regexp " + re.escape(good)):
         _verify_meta(fake, bundle, identity_regexp=good)
     # Why the slash matters: without it the look-alike repository passes.
     _verify_meta(fake, bundle, identity_regexp=good.rstrip("/"))
@@ -254,9 +250,7 @@ def test_keyless_verification_needs_a_policy(signed: dict[str, bytes], fake: Fak
         verify_bundle(METADATA, signed["metadata"], key_pem=b"unused")
 
 
-def test_forged_token_is_refused_by_fulcio(
-    ambient: FakeSigstore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_forged_token_is_refused_by_fulcio(ambient: FakeSigstore, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in ambient_env(ambient, kind="forged").items():
         monkeypatch.setenv(name, value)
     refusals = len(ambient.counters.fulcio_refusals)
@@ -295,23 +289,17 @@ def test_expired_token_is_refused(ambient: FakeSigstore, monkeypatch: pytest.Mon
     assert "expired" in response.json()["message"]
 
 
-def test_unreachable_fulcio(
-    ambient: FakeSigstore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_unreachable_fulcio(ambient: FakeSigstore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = ambient.write_trust_config(tmp_path / "down.json", fulcio_url=closed_port_url())
     monkeypatch.setenv("TALOS_SIGSTORE_TRUST_CONFIG", str(config))
     with pytest.raises(SigningError, match=r"cannot reach Fulcio at http://127\.0\.0\.1:\d+"):
         signer_from_env().sign_digest(DISK_SHA)
 
 
-def test_unreachable_rekor(
-    ambient: FakeSigstore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_unreachable_rekor(ambient: FakeSigstore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = ambient.write_trust_config(tmp_path / "no-rekor.json", rekor_url=closed_port_url())
     monkeypatch.setenv("TALOS_SIGSTORE_TRUST_CONFIG", str(config))
-    with pytest.raises(
-        SigningError, match=r"signing of sha256:[0-9a-f]{64} failed: cannot reach Rekor at http"
-    ):
+    with pytest.raises(SigningError, match=r"signing of sha256:[0-9a-f]{64} failed: cannot reach Rekor at http"):
         signer_from_env().sign_digest(DISK_SHA)
 
 
@@ -381,9 +369,7 @@ def test_key_mode_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         verify_bundle("0" * 64, disk, key_pem=pub)
     other_pub = tmp_path / "other.pub"
     generate_key_pair(tmp_path / "other.key", other_pub)
-    with pytest.raises(
-        SigningError, match="signed with the key " + re.escape(hint) + ", not with the given"
-    ):
+    with pytest.raises(SigningError, match="signed with the key " + re.escape(hint) + ", not with the given"):
         verify_bundle(METADATA, meta, key_pem=other_pub.read_bytes())
     with pytest.raises(SigningError, match="key-mode bundle .* pass the public key"):
         verify_bundle(METADATA, meta, identity_regexp="x", oidc_issuer="y")
@@ -456,9 +442,7 @@ def test_sigstore_js_accepts_keyless_bundles(
 
     common = ("--trusted-root", root, "--issuer", GITHUB_ISSUER)
     (tmp_path / "tampered").write_bytes(METADATA + b"!")
-    assert "digest mismatch" in refused(
-        "--artifact", tmp_path / "tampered", "--san", fake.expected_san(), *common
-    )
+    assert "digest mismatch" in refused("--artifact", tmp_path / "tampered", "--san", fake.expected_san(), *common)
     assert "certificate identity error" in refused(
         "--artifact", tmp_path / "metadata",
         "--san-regexp", "^https://github.com/talos-org/talos-incus-evil/", *common,
@@ -490,9 +474,7 @@ def test_sigstore_js_rejects_foreign_root_and_bad_signature(
     # of sigstore-js itself must catch it.
     bundle = json.loads(signed["metadata"])
     tampered = METADATA + b"!"
-    bundle["messageSignature"]["messageDigest"]["digest"] = base64.b64encode(
-        hashlib.sha256(tampered).digest()
-    ).decode()
+    bundle["messageSignature"]["messageDigest"]["digest"] = base64.b64encode(hashlib.sha256(tampered).digest()).decode()
     (tmp_path / "t.json").write_text(json.dumps(bundle))
     (tmp_path / "tampered").write_bytes(tampered)
     result = run_node(

@@ -33,20 +33,37 @@ def _verify(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def test_keyless_bundles_verify_with_the_identity_policy(keyless, sigstore_ambient: FakeSigstore, capsys, node_verifier):
+def test_keyless_bundles_verify_with_the_identity_policy(
+    keyless, sigstore_ambient: FakeSigstore, capsys, node_verifier
+):
     issued = sigstore_ambient.counters.fulcio_certificates_issued
     outcome = publish(["v1.12.0"], ["amd64"])
     assert outcome.ok, outcome.failed
     assert sigstore_ambient.counters.fulcio_certificates_issued - issued == 1, "one certificate per run"
     items = _items(keyless)
     assert items and all(item["signature"].endswith(".sigstore.json") for item in items)
-    code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
-                        "--certificate-oidc-issuer", GITHUB_ISSUER)
+    code, out = _verify(
+        capsys,
+        "--certificate-identity-regexp",
+        sigstore_ambient.identity_regexp(),
+        "--certificate-oidc-issuer",
+        GITHUB_ISSUER,
+    )
     assert code == 0, out
     for item in items:
-        result = run_node(node_verifier, "--bundle", keyless / item["signature"], "--artifact", keyless / item["path"],
-                          "--trusted-root", sigstore_ambient.trusted_root_path, "--san", sigstore_ambient.expected_san(),
-                          "--issuer", GITHUB_ISSUER)
+        result = run_node(
+            node_verifier,
+            "--bundle",
+            keyless / item["signature"],
+            "--artifact",
+            keyless / item["path"],
+            "--trusted-root",
+            sigstore_ambient.trusted_root_path,
+            "--san",
+            sigstore_ambient.expected_san(),
+            "--issuer",
+            GITHUB_ISSUER,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -62,17 +79,34 @@ def test_verify_rejects_wrong_identity_issuer_root_and_tampering(keyless, sigsto
     evil = sigstore_ambient.identity_regexp().rstrip("/") + "-evil/"
     code, out = _verify(capsys, "--certificate-identity-regexp", evil, "--certificate-oidc-issuer", GITHUB_ISSUER)
     assert code == 1 and "does not match regexp" in out
-    code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
-                        "--certificate-oidc-issuer", "https://accounts.example.com")
+    code, out = _verify(
+        capsys,
+        "--certificate-identity-regexp",
+        sigstore_ambient.identity_regexp(),
+        "--certificate-oidc-issuer",
+        "https://accounts.example.com",
+    )
     assert code == 1 and "issuer" in out
     with FakeSigstore() as other:
-        code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
-                            "--certificate-oidc-issuer", GITHUB_ISSUER, "--trust-config", str(other.trust_config_path))
+        code, out = _verify(
+            capsys,
+            "--certificate-identity-regexp",
+            sigstore_ambient.identity_regexp(),
+            "--certificate-oidc-issuer",
+            GITHUB_ISSUER,
+            "--trust-config",
+            str(other.trust_config_path),
+        )
     assert code == 1 and "problem" in out
     tarball = next(keyless.glob("images/**/incus-*.tar.xz"))
     tarball.write_bytes(tarball.read_bytes()[:-1] + b"\0")
-    code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
-                        "--certificate-oidc-issuer", GITHUB_ISSUER)
+    code, out = _verify(
+        capsys,
+        "--certificate-identity-regexp",
+        sigstore_ambient.identity_regexp(),
+        "--certificate-oidc-issuer",
+        GITHUB_ISSUER,
+    )
     assert code == 1 and tarball.name in out
 
 
@@ -101,8 +135,15 @@ def test_key_mode_round_trip_with_cosign_format_bundles(pipeline_env, monkeypatc
     for item in _items(pipeline_env):
         bundle = json.loads((pipeline_env / item["signature"]).read_text())
         assert bundle["verificationMaterial"]["tlogEntries"] == [] and "publicKey" in bundle["verificationMaterial"]
-        result = run_node(node_verifier, "--bundle", pipeline_env / item["signature"], "--artifact",
-                          pipeline_env / item["path"], "--key", tmp_path / "k.pub")
+        result = run_node(
+            node_verifier,
+            "--bundle",
+            pipeline_env / item["signature"],
+            "--artifact",
+            pipeline_env / item["path"],
+            "--key",
+            tmp_path / "k.pub",
+        )
         assert result.returncode == 0, result.stdout + result.stderr
     assert main(["keygen", "--output", str(tmp_path / "other")]) == 0
     capsys.readouterr()
@@ -118,13 +159,21 @@ def test_unsigned_stores_say_so(pipeline_env, capsys):
 
 def test_keyless_signing_into_an_s3_store_verifies(s3_store_url, sigstore_ambient, simulator, monkeypatch, capsys):
     for name, value in {
-        "TALOS_STORE": s3_store_url, "TALOS_RELEASES_URL": simulator.releases_url,
-        "TALOS_FACTORY_URL": simulator.factory_url, "TALOS_SIGNING": "sigstore", "TALOS_VARIANTS": "nocloud",
+        "TALOS_STORE": s3_store_url,
+        "TALOS_RELEASES_URL": simulator.releases_url,
+        "TALOS_FACTORY_URL": simulator.factory_url,
+        "TALOS_SIGNING": "sigstore",
+        "TALOS_VARIANTS": "nocloud",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert publish(["v1.12.0"], ["arm64"]).ok
-    code, out = _verify(capsys, "--certificate-identity-regexp", sigstore_ambient.identity_regexp(),
-                        "--certificate-oidc-issuer", GITHUB_ISSUER)
+    code, out = _verify(
+        capsys,
+        "--certificate-identity-regexp",
+        sigstore_ambient.identity_regexp(),
+        "--certificate-oidc-issuer",
+        GITHUB_ISSUER,
+    )
     assert code == 0 and "s3://" in out, out
     assert out.count(".sigstore.json: ") == 2, out

@@ -104,7 +104,11 @@ def _pause(attempt: int) -> None:
 
 
 def rebuild_catalog(
-    store: Store, variant_order: list[str], *, log: Callable[[str], None] | None = None, max_attempts: int = MAX_ATTEMPTS
+    store: Store,
+    variant_order: list[str],
+    *,
+    log: Callable[[str], None] | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> CatalogResult:
     """Render the catalog from the records in the store and publish it (images.json, then
     index.json), safely against concurrent rebuilds; see the module docstring."""

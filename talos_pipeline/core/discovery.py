@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 
 from .errors import ConfigError, UpstreamError
 from .records import ProductRecord
@@ -70,7 +70,9 @@ def budget_note(interval: int, authenticated: bool) -> str:
     """How much of GitHub's hourly budget polling at `interval` seconds spends (for the UI)."""
     per_hour = 3600 / interval
     if authenticated:
-        return f"~{per_hour:.0f} requests/hour, 304s free with GITHUB_TOKEN (budget {AUTHENTICATED_BUDGET_PER_HOUR}/hour)"
+        return (
+            f"~{per_hour:.0f} requests/hour, 304s free with GITHUB_TOKEN (budget {AUTHENTICATED_BUDGET_PER_HOUR}/hour)"
+        )
     note = f"~{per_hour:.0f} of GitHub's {UNAUTHENTICATED_BUDGET_PER_HOUR} unauthenticated requests/hour"
     if per_hour > UNAUTHENTICATED_BUDGET_PER_HOUR / 2:
         note += " (more than half the budget: set GITHUB_TOKEN or a longer TALOS_SENSOR_INTERVAL_SECONDS)"
@@ -85,7 +87,7 @@ class DiscoveryPolicy:
     @classmethod
     def from_settings(
         cls, include_prereleases: str | bool = DEFAULT_INCLUDE_PRERELEASES, min_version: str = DEFAULT_MIN_VERSION
-    ) -> "DiscoveryPolicy":
+    ) -> DiscoveryPolicy:
         include = parse_bool(ENV_INCLUDE_PRERELEASES, include_prereleases)
         text = (min_version or DEFAULT_MIN_VERSION).strip()
         if not TalosVersion.is_valid(text):
@@ -155,7 +157,7 @@ def classify(
     releases: Iterable[dict], offered: Iterable[str], policy: DiscoveryPolicy, *, now: datetime | None = None
 ) -> Discovery:
     """Sort GitHub's releases into eligible / invalid / excluded / pending (see the module doc)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     offered = set(offered)
     found = Discovery()
     eligible: set[str] = set()
@@ -203,7 +205,7 @@ def discover(
     On a 304 only the still-pending tags are looked up again (in the factory, not on GitHub).
     Raises `RateLimited` (with `reset_at`) or `UpstreamError` like the clients do.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     page = releases.list_releases(etag)
     if page.not_modified:
         found = Discovery(etag=page.etag, not_modified=True)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 _QUEUE_DEPTH = 8
 _STOP = None

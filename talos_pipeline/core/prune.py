@@ -36,7 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import ConfigError, StoreError
 from .images import IMAGES_KEY, RECORDS_PREFIX, release_state_key
@@ -90,7 +90,9 @@ class RetentionPolicy:
         return self.keep is not None or self.keep_per_minor is not None
 
 
-def plan_retention(records: Iterable[ProductRecord], policy: RetentionPolicy) -> tuple[list[ProductRecord], list[ProductRecord]]:
+def plan_retention(
+    records: Iterable[ProductRecord], policy: RetentionPolicy
+) -> tuple[list[ProductRecord], list[ProductRecord]]:
     """(kept, dropped) records under the policy; see the module docstring."""
     records = list(records)
     if not policy.drops_products:
@@ -202,7 +204,7 @@ def _protected_prefixes(unreadable: list[str]) -> tuple[str, ...]:
     """An unreadable record (corrupt, or a newer schema) may name anything in its image directory."""
     prefixes = []
     for key in unreadable:
-        parts = key[len(RECORDS_PREFIX):].removesuffix(".json").split("/")
+        parts = key[len(RECORDS_PREFIX) :].removesuffix(".json").split("/")
         if len(parts) == 3:
             version, arch, _variant = parts
             prefixes += [f"images/{version}/{arch}/", f"state/{version}/{arch}/"]
@@ -213,7 +215,7 @@ def _protected_prefixes(unreadable: list[str]) -> tuple[str, ...]:
 
 # -- the report ----------------------------------------------------------------------------
 def _when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -241,7 +243,9 @@ class PruneReport:
         lines += [f"  drop    {p}" for p in self.dropped]
         if self.catalog_products is not None:
             lines.append(f"catalog rebuilt: {self.catalog_products} products")
-        lines.append(f"files out of the catalog: {len(self.deleted)} {would}deleted, {len(self.waiting)} within the grace period")
+        lines.append(
+            f"files out of the catalog: {len(self.deleted)} {would}deleted, {len(self.waiting)} within the grace period"
+        )
         lines += [f"  delete  {k}" for k in self.deleted]
         lines += [f"  keep    {k} (deletable after {_when(t)})" for k, t in sorted(self.waiting.items())]
         lines.append(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import requests
 
@@ -90,7 +90,7 @@ class DiskFacts:
         return _json(facts)
 
     @classmethod
-    def from_json(cls, data: bytes) -> "DiskFacts":
+    def from_json(cls, data: bytes) -> DiskFacts:
         return cls(**json.loads(data))
 
 
@@ -247,7 +247,9 @@ def publish_record(
         )
     metadata_signature = disk_signature = None
     if signer.mode != "none":
-        metadata_signature = _signed(store, signer, metadata.path, lambda: signer.sign_bytes(store.read_bytes(metadata.path)))
+        metadata_signature = _signed(
+            store, signer, metadata.path, lambda: signer.sign_bytes(store.read_bytes(metadata.path))
+        )
         disk_signature = _signed(store, signer, disk.path, lambda: signer.sign_digest(disk.sha256))
     record = ProductRecord(
         version=image.version,

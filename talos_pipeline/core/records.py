@@ -56,7 +56,7 @@ class ProductRecord:
         return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "ProductRecord":
+    def from_json(cls, data: bytes) -> ProductRecord:
         body = json.loads(data)
         if body.pop("schema", None) != RECORD_SCHEMA:
             raise ValueError("unsupported product record schema")

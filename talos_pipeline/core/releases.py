@@ -22,15 +22,20 @@ def release_rows(settings: Settings) -> list[dict]:
     for release in releases:
         tag = release.get("tag_name", "")
         valid = TalosVersion.is_valid(tag)
-        rows.append({
-            "version": tag,
-            "published_at": release.get("published_at") or "(draft)",
-            "prerelease": bool(release.get("prerelease")) or (valid and TalosVersion.parse(tag).is_prerelease),
-            "factory": "yes" if tag in offered else "no",
-            "published_here": ", ".join(sorted(published.get(tag, []))) or "-",
-            "note": "" if valid else "not a Talos release tag: ignored",
-        })
-    rows.sort(key=lambda r: TalosVersion.parse(r["version"]).sort_key() if TalosVersion.is_valid(r["version"]) else (0,), reverse=True)
+        rows.append(
+            {
+                "version": tag,
+                "published_at": release.get("published_at") or "(draft)",
+                "prerelease": bool(release.get("prerelease")) or (valid and TalosVersion.parse(tag).is_prerelease),
+                "factory": "yes" if tag in offered else "no",
+                "published_here": ", ".join(sorted(published.get(tag, []))) or "-",
+                "note": "" if valid else "not a Talos release tag: ignored",
+            }
+        )
+    rows.sort(
+        key=lambda r: TalosVersion.parse(r["version"]).sort_key() if TalosVersion.is_valid(r["version"]) else (0,),
+        reverse=True,
+    )
     return rows
 
 

@@ -173,7 +173,9 @@ class S3Store(Store):
             try:
                 check_key(prefix)
             except StoreError:
-                raise ConfigError(f"TALOS_STORE=s3://{bucket}/{prefix}: {prefix!r} is not a usable key prefix") from None
+                raise ConfigError(
+                    f"TALOS_STORE=s3://{bucket}/{prefix}: {prefix!r} is not a usable key prefix"
+                ) from None
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.part_size = part_size or _env_int("TALOS_S3_PART_SIZE", DEFAULT_PART_SIZE // MIB) * MIB
@@ -194,7 +196,7 @@ class S3Store(Store):
         """`s3://bucket[/prefix]`, as in `TALOS_STORE`."""
         if not url.startswith("s3://"):
             raise ConfigError(f"TALOS_STORE={url!r}: expected s3://bucket[/prefix]")
-        bucket, _, prefix = url[len("s3://"):].partition("/")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket:
             raise ConfigError(f"TALOS_STORE={url!r}: no bucket name; expected s3://bucket[/prefix]")
         return cls(bucket, prefix, **kwargs)
@@ -224,7 +226,9 @@ class S3Store(Store):
             else:
                 detail = f"{code or status}: {exc.response.get('Error', {}).get('Message', '') or exc}"
         elif isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-            return ConfigError(f"{self.url}: no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+            return ConfigError(
+                f"{self.url}: no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            )
         else:
             detail = f"{type(exc).__name__}: {exc}"
         return StoreError(f"S3 {action} of {key} in {self.url} at {self.endpoint} failed: {detail}")
@@ -338,7 +342,7 @@ class S3Store(Store):
             )
             for page in pages:
                 for entry in page.get("Contents", ()):
-                    key = entry["Key"][len(self.prefix):]
+                    key = entry["Key"][len(self.prefix) :]
                     if not key or any(part.startswith(".") for part in key.split("/")):
                         continue
                     infos[key] = ObjectInfo(entry["Size"], entry["ETag"], entry["LastModified"].timestamp())
@@ -413,7 +417,7 @@ class S3Store(Store):
     def delete_many(self, keys: list[str]) -> None:
         raw = [self._raw(k) for k in keys]
         for start in range(0, len(raw), 1000):
-            batch = raw[start:start + 1000]
+            batch = raw[start : start + 1000]
             try:
                 answer = self.s3.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
@@ -437,8 +441,12 @@ class S3Store(Store):
         target = self._raw(key)
         if size <= self.copy_limit:
             answer = self.s3.copy_object(
-                Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source},
-                MetadataDirective="REPLACE", ContentType=content_type_for(key), ChecksumAlgorithm="SHA256",
+                Bucket=self.bucket,
+                Key=target,
+                CopySource={"Bucket": self.bucket, "Key": source},
+                MetadataDirective="REPLACE",
+                ContentType=content_type_for(key),
+                ChecksumAlgorithm="SHA256",
             )
             stored = answer.get("CopyObjectResult", {}).get("ChecksumSHA256")
             if sha256 and stored and "-" not in stored and base64.b64decode(stored).hex() != sha256:
@@ -449,15 +457,20 @@ class S3Store(Store):
                 )
             return
         part_size = max(self.copy_part_size, -(-size // MAX_PARTS))
-        upload_id = self.s3.create_multipart_upload(
-            Bucket=self.bucket, Key=target, ContentType=content_type_for(key)
-        )["UploadId"]
+        upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=target, ContentType=content_type_for(key))[
+            "UploadId"
+        ]
         try:
+
             def copy_part(number: int, start: int) -> dict:
                 last = min(start + part_size, size) - 1
                 answer = self.s3.upload_part_copy(
-                    Bucket=self.bucket, Key=target, UploadId=upload_id, PartNumber=number,
-                    CopySource={"Bucket": self.bucket, "Key": source}, CopySourceRange=f"bytes={start}-{last}",
+                    Bucket=self.bucket,
+                    Key=target,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource={"Bucket": self.bucket, "Key": source},
+                    CopySourceRange=f"bytes={start}-{last}",
                 )
                 return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
 
@@ -489,13 +502,18 @@ class S3Store(Store):
         try:
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=staging):
                 for entry in page.get("Contents", ()):
-                    found.append(Temporary(
-                        entry["Key"][len(self.prefix):], self._started(entry["Key"], entry["LastModified"].timestamp()),
-                        entry["Size"],
-                    ))
-            for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                    found.append(
+                        Temporary(
+                            entry["Key"][len(self.prefix) :],
+                            self._started(entry["Key"], entry["LastModified"].timestamp()),
+                            entry["Size"],
+                        )
+                    )
+            for page in self.s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            ):
                 for upload in page.get("Uploads", ()):
-                    if not upload["Key"][len(self.prefix):].startswith((f"{STAGING}/", "images/")):
+                    if not upload["Key"][len(self.prefix) :].startswith((f"{STAGING}/", "images/")):
                         continue  # not one of ours: we upload in parts to staging and disk keys only
                     modified = self._started(upload["Key"], upload["Initiated"].timestamp())
                     size = 0
@@ -503,7 +521,7 @@ class S3Store(Store):
                     for part in parts.get("Parts", ()):
                         modified = max(modified, part["LastModified"].timestamp())
                         size += part["Size"]
-                    name = f"{upload['Key'][len(self.prefix):]}{UPLOAD_MARK}{upload['UploadId']}"
+                    name = f"{upload['Key'][len(self.prefix) :]}{UPLOAD_MARK}{upload['UploadId']}"
                     found.append(Temporary(name, modified, size))
         except (ClientError, BotoCoreError) as exc:
             raise self._error("listing of staging uploads", STAGING, exc) from None
@@ -569,7 +587,9 @@ class _S3Upload(Upload):
         if self._upload_id is None:
             try:
                 self._upload_id = self._s3.create_multipart_upload(
-                    Bucket=self._store.bucket, Key=self._staging, ContentType="application/octet-stream",
+                    Bucket=self._store.bucket,
+                    Key=self._staging,
+                    ContentType="application/octet-stream",
                     ChecksumAlgorithm="SHA256",
                 )["UploadId"]
             except (ClientError, BotoCoreError) as exc:
@@ -586,8 +606,12 @@ class _S3Upload(Upload):
 
     def _upload_part(self, number: int, data: bytearray) -> dict:
         answer = self._s3.upload_part(
-            Bucket=self._store.bucket, Key=self._staging, UploadId=self._upload_id, PartNumber=number,
-            Body=data, ChecksumAlgorithm="SHA256",
+            Bucket=self._store.bucket,
+            Key=self._staging,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
         )
         part = {"PartNumber": number, "ETag": answer["ETag"]}
         if answer.get("ChecksumSHA256"):
@@ -617,7 +641,9 @@ class _S3Upload(Upload):
                 return
             try:
                 self._s3.complete_multipart_upload(
-                    Bucket=self._store.bucket, Key=self._staging, UploadId=self._upload_id,
+                    Bucket=self._store.bucket,
+                    Key=self._staging,
+                    UploadId=self._upload_id,
                     MultipartUpload={"Parts": parts},
                 )
                 self._staged = True
@@ -710,8 +736,12 @@ class _S3SpoolUpload(Upload):
 
             def upload_part(number: int, offset: int) -> dict:
                 answer = self._s3.upload_part(
-                    Bucket=store.bucket, Key=self._target, UploadId=self._upload_id, PartNumber=number,
-                    Body=os.pread(fd, part_size, offset), ChecksumAlgorithm="SHA256",
+                    Bucket=store.bucket,
+                    Key=self._target,
+                    UploadId=self._upload_id,
+                    PartNumber=number,
+                    Body=os.pread(fd, part_size, offset),
+                    ChecksumAlgorithm="SHA256",
                 )
                 part = {"PartNumber": number, "ETag": answer["ETag"]}
                 if answer.get("ChecksumSHA256"):
@@ -720,7 +750,9 @@ class _S3SpoolUpload(Upload):
 
             pool = ThreadPoolExecutor(max_workers=store.concurrency, thread_name_prefix="s3-part")
             try:
-                futures = [pool.submit(upload_part, i + 1, offset) for i, offset in enumerate(range(0, self._size, part_size))]
+                futures = [
+                    pool.submit(upload_part, i + 1, offset) for i, offset in enumerate(range(0, self._size, part_size))
+                ]
                 parts = [f.result() for f in futures]
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -84,7 +84,7 @@ class Settings:
     BOOLEANS = ("verify_reads", "include_prereleases")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {attr: environ[var] for attr, var in cls.ENV.items() if environ.get(var)}
         for attr in cls.BOOLEANS:
@@ -92,7 +92,7 @@ class Settings:
                 values[attr] = parse_bool(cls.ENV[attr], str(values[attr]))
         return cls(**values).validated()
 
-    def validated(self) -> "Settings":
+    def validated(self) -> Settings:
         self.variant_list()
         self.arch_list()
         check_choice("TALOS_SIGNING", self.signing, SIGNING_MODES)

@@ -37,7 +37,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from contextlib import ExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,7 @@ def _normalize_digest(sha256_hex: str) -> str:
         value = value[len("sha256:") :]
     if not _HEX64.fullmatch(value):
         raise SigningError(
-            f"invalid sha256 digest {sha256_hex!r}: expected 64 hex characters "
-            "(optionally prefixed with 'sha256:')"
+            f"invalid sha256 digest {sha256_hex!r}: expected 64 hex characters (optionally prefixed with 'sha256:')"
         )
     return value
 
@@ -105,9 +104,7 @@ def public_key_hint(public_key: ec.EllipticCurvePublicKey | bytes | str) -> str:
     """The bundle's ``publicKey.hint``: base64 of sha256 over the DER SubjectPublicKeyInfo."""
     if isinstance(public_key, (bytes, str)):
         public_key = _load_public_key(public_key)
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
@@ -247,21 +244,14 @@ class KeySigner(Signer):
             private_key = serialization.load_pem_private_key(pem, password=pw or None)
         except TypeError as exc:
             if pw:
-                raise SigningError(
-                    f"{source} is not encrypted but {ENV_KEY_PASSWORD} is set: unset it"
-                ) from exc
-            raise SigningError(
-                f"{source} is encrypted: set {ENV_KEY_PASSWORD} to its password"
-            ) from exc
+                raise SigningError(f"{source} is not encrypted but {ENV_KEY_PASSWORD} is set: unset it") from exc
+            raise SigningError(f"{source} is encrypted: set {ENV_KEY_PASSWORD} to its password") from exc
         except ValueError as exc:
             hint = f" (wrong {ENV_KEY_PASSWORD}?)" if pw else ""
             raise SigningError(
-                f"cannot load the signing key from {source}{hint}: expected a PEM private key: "
-                f"{exc}"
+                f"cannot load the signing key from {source}{hint}: expected a PEM private key: {exc}"
             ) from exc
-        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(
-            private_key.curve, ec.SECP256R1
-        ):
+        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(private_key.curve, ec.SECP256R1):
             raise SigningError(
                 f"the signing key in {source} must be ECDSA P-256 "
                 f"(got {type(private_key).__name__}); create one with `talos-pipeline keygen`"
@@ -284,9 +274,7 @@ class KeySigner(Signer):
         try:
             return path.read_bytes(), str(path)
         except OSError as exc:
-            raise SigningError(
-                f"{ENV_KEY} is neither PEM text nor a readable file: {path}: {exc.strerror}"
-            ) from exc
+            raise SigningError(f"{ENV_KEY} is neither PEM text nor a readable file: {path}: {exc.strerror}") from exc
 
     def public_key_pem(self) -> bytes:
         return self._key.public_key().public_bytes(
@@ -392,8 +380,7 @@ class SigstoreSigner(Signer):
             raise
         except Exception as exc:
             raise SigningError(
-                f"cannot load the Sigstore trust config from {self._trust_source()}: "
-                f"{type(exc).__name__}: {exc}"
+                f"cannot load the Sigstore trust config from {self._trust_source()}: {type(exc).__name__}: {exc}"
             ) from exc
         # Rekor v1 entries are readable by cosign >= 2.4; v2 would need cosign >= 2.6.
         trust_config.force_tlog_version = 1
@@ -407,13 +394,10 @@ class SigstoreSigner(Signer):
             try:
                 raw = detect_credential()
             except IdentityError as exc:
-                raise SigningError(
-                    f"cannot get the ambient OIDC identity token: {exc}; {_NO_TOKEN_HELP}"
-                ) from exc
+                raise SigningError(f"cannot get the ambient OIDC identity token: {exc}; {_NO_TOKEN_HELP}") from exc
             except Exception as exc:  # network errors from the token endpoint
                 raise SigningError(
-                    f"cannot get the ambient OIDC identity token: {type(exc).__name__}: {exc}; "
-                    f"{_NO_TOKEN_HELP}"
+                    f"cannot get the ambient OIDC identity token: {type(exc).__name__}: {exc}; {_NO_TOKEN_HELP}"
                 ) from exc
             if raw is None:
                 raise SigningError(f"no ambient OIDC identity token: {_NO_TOKEN_HELP}")
@@ -492,7 +476,7 @@ class SigstoreSigner(Signer):
             if (
                 self._signer is not None
                 and self._cert_not_after is not None
-                and datetime.now(timezone.utc) + _CERT_RENEW_MARGIN >= self._cert_not_after
+                and datetime.now(UTC) + _CERT_RENEW_MARGIN >= self._cert_not_after
             ):
                 _logger.info("Sigstore: signing certificate about to expire; getting a new one")
                 self.close()
@@ -507,13 +491,11 @@ class SigstoreSigner(Signer):
                         bundle = self._signer.sign_artifact(payload)
                     except Exception as exc2:
                         raise SigningError(
-                            f"Sigstore signing of {what} failed: "
-                            + _explain(exc2, "Rekor", self._rekor_url)
+                            f"Sigstore signing of {what} failed: " + _explain(exc2, "Rekor", self._rekor_url)
                         ) from exc2
                 else:
                     raise SigningError(
-                        f"Sigstore signing of {what} failed: "
-                        + _explain(exc, "Rekor", self._rekor_url)
+                        f"Sigstore signing of {what} failed: " + _explain(exc, "Rekor", self._rekor_url)
                     ) from exc
             cert = bundle.signing_certificate
             self._cert_not_after = cert.not_valid_after_utc
@@ -537,11 +519,7 @@ class SigstoreSigner(Signer):
             f"{self._identity}, issuer {self._issuer})"
             if self._identity
             else "identity from the "
-            + (
-                "given OIDC token"
-                if self._explicit_token
-                else "ambient OIDC token (GitHub Actions)"
-            )
+            + ("given OIDC token" if self._explicit_token else "ambient OIDC token (GitHub Actions)")
         )
         return (
             f"keyless Sigstore signing: {who}; one short-lived Fulcio certificate per run, every "
@@ -559,9 +537,7 @@ def make_signer(
     """The signer for ``mode`` (``sigstore`` | ``key`` | ``none``); raises `SigningError`."""
     normalized = (mode or "").strip().lower()
     if normalized not in MODES:
-        raise SigningError(
-            f"unknown signing mode {mode!r}: {ENV_MODE} must be one of {', '.join(MODES)}"
-        )
+        raise SigningError(f"unknown signing mode {mode!r}: {ENV_MODE} must be one of {', '.join(MODES)}")
     if normalized == "none":
         return NoSigner()
     if normalized == "key":
@@ -574,9 +550,7 @@ def make_signer(
     return SigstoreSigner(trust_config_path=trust_config_path)
 
 
-def signer_from_env(
-    environ: Mapping[str, str] | None = None, *, default_mode: str = "sigstore"
-) -> Signer:
+def signer_from_env(environ: Mapping[str, str] | None = None, *, default_mode: str = "sigstore") -> Signer:
     """`make_signer` configured by TALOS_SIGNING, TALOS_SIGNING_KEY, TALOS_SIGNING_KEY_PASSWORD
     and TALOS_SIGSTORE_TRUST_CONFIG (unset TALOS_SIGNING means ``default_mode``)."""
     env = os.environ if environ is None else environ
@@ -609,13 +583,9 @@ def generate_key_pair(
                 raise SigningError(f"{path} already exists: refusing to overwrite a key")
     key = ec.generate_private_key(ec.SECP256R1())
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password.encode())
-        if password
-        else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(password.encode()) if password else serialization.NoEncryption()
     )
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -659,9 +629,7 @@ def bundle_kind(bundle_json: bytes | str) -> str:
         return "key"
     if "certificate" in material or "x509CertificateChain" in material:
         return "sigstore"
-    raise SigningError(
-        "the bundle has neither a certificate nor a public-key hint in verificationMaterial"
-    )
+    raise SigningError("the bundle has neither a certificate nor a public-key hint in verificationMaterial")
 
 
 def _der_string(value: bytes) -> str:
@@ -730,8 +698,7 @@ class _IdentityPolicy:
             raise VerificationError("the certificate has no OIDC issuer extension")
         if issuer != self.oidc_issuer:
             raise VerificationError(
-                f"certificate issuer {issuer} does not match the expected OIDC issuer "
-                f"{self.oidc_issuer}"
+                f"certificate issuer {issuer} does not match the expected OIDC issuer {self.oidc_issuer}"
             )
         identities = certificate_identities(cert)
         for identity in identities:
@@ -740,9 +707,7 @@ class _IdentityPolicy:
                 self.issuer = issuer
                 return
         shown = ", ".join(identities) or "(none)"
-        raise VerificationError(
-            f"certificate identity {shown} does not match regexp {self.identity_regexp}"
-        )
+        raise VerificationError(f"certificate identity {shown} does not match regexp {self.identity_regexp}")
 
 
 def _load_trusted_root(
@@ -770,8 +735,7 @@ def _load_trusted_root(
         raise
     except Exception as exc:
         raise SigningError(
-            f"cannot load the Sigstore trust root {path or '(public good)'}: "
-            f"{type(exc).__name__}: {exc}"
+            f"cannot load the Sigstore trust root {path or '(public good)'}: {type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -803,16 +767,13 @@ def verify_bundle(
         hex_digest = hashlib.sha256(artifact).hexdigest()
         what = f"the artifact ({len(artifact)} bytes, sha256:{hex_digest})"
     else:
-        raise SigningError(
-            f"artifact must be bytes or a sha256 hex string, not {type(artifact).__name__}"
-        )
+        raise SigningError(f"artifact must be bytes or a sha256 hex string, not {type(artifact).__name__}")
 
     kind = bundle_kind(bundle_json)
     if kind == "key":
         if key_pem is None:
             raise SigningError(
-                "this is a key-mode bundle (public-key hint, no certificate): pass the public key "
-                "to verify it"
+                "this is a key-mode bundle (public-key hint, no certificate): pass the public key to verify it"
             )
         return _verify_key_bundle(hex_digest, what, _parse_bundle(bundle_json), key_pem)
     if key_pem is not None:
@@ -832,9 +793,7 @@ def verify_bundle(
     )  # fmt: skip
 
 
-def _verify_key_bundle(
-    hex_digest: str, what: str, bundle: dict[str, Any], key_pem: bytes | str
-) -> str:
+def _verify_key_bundle(hex_digest: str, what: str, bundle: dict[str, Any], key_pem: bytes | str) -> str:
     public_key = _load_public_key(key_pem)
     our_hint = public_key_hint(public_key)
     try:
@@ -848,26 +807,17 @@ def _verify_key_bundle(
             f"malformed key-mode bundle: needs messageSignature.messageDigest and signature ({exc})"
         ) from exc
     if algorithm != "SHA2_256":
-        raise SigningError(
-            f"unsupported message digest algorithm {algorithm!r} (expected SHA2_256)"
-        )
+        raise SigningError(f"unsupported message digest algorithm {algorithm!r} (expected SHA2_256)")
     if recorded.hex() != hex_digest:
-        raise SigningError(
-            f"signature does not match {what}: the bundle is for sha256:{recorded.hex()}"
-        )
+        raise SigningError(f"signature does not match {what}: the bundle is for sha256:{recorded.hex()}")
     try:
-        public_key.verify(
-            signature, bytes.fromhex(hex_digest), ec.ECDSA(Prehashed(hashes.SHA256()))
-        )
+        public_key.verify(signature, bytes.fromhex(hex_digest), ec.ECDSA(Prehashed(hashes.SHA256())))
     except InvalidSignature as exc:
         if hint and hint != our_hint:
             raise SigningError(
-                f"the bundle was signed with the key {hint}, not with the given public key "
-                f"{our_hint}"
+                f"the bundle was signed with the key {hint}, not with the given public key {our_hint}"
             ) from exc
-        raise SigningError(
-            f"signature does not match {what} under the public key {our_hint}"
-        ) from exc
+        raise SigningError(f"signature does not match {what} under the public key {our_hint}") from exc
     return (
         f"verified key-mode signature (NOT keyless: no certificate, no transparency log) over "
         f"{what} with public key {our_hint}"
@@ -914,8 +864,7 @@ def _verify_keyless(
             raise SigningError(f"signature does not match {what}: {message}") from exc
         if "certificate chain" in lowered:
             raise SigningError(
-                f"the signing certificate does not chain to the trusted root {root_source}: "
-                f"{message}"
+                f"the signing certificate does not chain to the trusted root {root_source}: {message}"
             ) from exc
         raise SigningError(f"bundle verification failed: {message}") from exc
     except Exception as exc:
@@ -924,11 +873,7 @@ def _verify_keyless(
     tlog = (json.loads(bundle_json).get("verificationMaterial") or {}).get("tlogEntries") or [{}]
     log_index = tlog[0].get("logIndex", "?")
     integrated = tlog[0].get("integratedTime")
-    when = (
-        datetime.fromtimestamp(int(integrated), tz=timezone.utc).isoformat()
-        if integrated
-        else "unknown time"
-    )
+    when = datetime.fromtimestamp(int(integrated), tz=UTC).isoformat() if integrated else "unknown time"
     return (
         f"verified keyless Sigstore signature over {what}: identity {policy.matched_identity} "
         f"(matches {identity_regexp!r}), OIDC issuer {policy.issuer}, Rekor log index "

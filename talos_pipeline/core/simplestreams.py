@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from .images import IMAGES_KEY
 from .records import ProductRecord
@@ -74,9 +74,7 @@ def _item(file, **extra) -> dict:
 
 
 def render_product(record: ProductRecord, aliases: list[str]) -> dict:
-    metadata = _item(
-        record.metadata, ftype="incus.tar.xz", **{"combined_disk-kvm-img_sha256": record.fingerprint}
-    )
+    metadata = _item(record.metadata, ftype="incus.tar.xz", **{"combined_disk-kvm-img_sha256": record.fingerprint})
     disk = _item(
         record.disk, ftype="disk-kvm.img", unified_sha256=record.unified_sha256, unified_size=record.unified_size
     )

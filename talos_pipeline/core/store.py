@@ -24,9 +24,9 @@ import re
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import ConfigError, StoreError
 
@@ -93,7 +93,7 @@ class Upload(ABC):
     @abstractmethod
     def abort(self) -> None: ...
 
-    def __enter__(self) -> "Upload":
+    def __enter__(self) -> Upload:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -170,7 +170,7 @@ class Store(ABC):
 
 
 class _DirectoryUpload(Upload):
-    def __init__(self, store: "DirectoryStore") -> None:
+    def __init__(self, store: DirectoryStore) -> None:
         self._store = store
         tmp_dir = store.root / ".tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -340,9 +340,7 @@ class DirectoryStore(Store):
 
 def _info(st: os.stat_result) -> ObjectInfo:
     """Every write replaces the file (a new inode), so inode, size and mtime identify the content."""
-    return ObjectInfo(
-        size=st.st_size, etag=f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"', modified=st.st_mtime
-    )
+    return ObjectInfo(size=st.st_size, etag=f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"', modified=st.st_mtime)
 
 
 def open_store(location: str) -> Store:
@@ -354,7 +352,5 @@ def open_store(location: str) -> Store:
 
         return S3Store.from_url(location)
     if "://" in location:
-        raise ConfigError(
-            f"TALOS_STORE={location!r}: unsupported scheme; use a directory path or s3://bucket[/prefix]"
-        )
+        raise ConfigError(f"TALOS_STORE={location!r}: unsupported scheme; use a directory path or s3://bucket[/prefix]")
     return DirectoryStore(location)

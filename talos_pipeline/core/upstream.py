@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterator
+from datetime import UTC, datetime
 
 import requests
 
@@ -125,9 +125,9 @@ class ReleasesClient:
             return
         reset_at = None
         if retry_after := response.headers.get("retry-after"):
-            reset_at = datetime.fromtimestamp(time.time() + float(retry_after), timezone.utc)
+            reset_at = datetime.fromtimestamp(time.time() + float(retry_after), UTC)
         elif reset := response.headers.get("x-ratelimit-reset"):
-            reset_at = datetime.fromtimestamp(int(reset), timezone.utc)
+            reset_at = datetime.fromtimestamp(int(reset), UTC)
         when = reset_at.strftime("%Y-%m-%d %H:%M:%S UTC") if reset_at else "later"
         raise RateLimited(
             f"GitHub rate limit reached for {url} (HTTP {response.status_code}); it resets at {when}. "

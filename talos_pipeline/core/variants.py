@@ -56,9 +56,7 @@ def parse_variant(entry: str) -> Variant:
         return Variant(name=name, platform=name)
     platform, _, schematic = rest.partition(":")
     if platform not in PLATFORMS:
-        raise ConfigError(
-            f"variant {entry!r}: unknown platform {platform!r}; use one of {', '.join(PLATFORMS)}"
-        )
+        raise ConfigError(f"variant {entry!r}: unknown platform {platform!r}; use one of {', '.join(PLATFORMS)}")
     schematic = schematic or VANILLA_SCHEMATIC
     if not _SCHEMATIC.match(schematic):
         raise ConfigError(
@@ -100,9 +98,7 @@ def parse_arches(value: str | list[str]) -> list[str]:
     arches = [a.strip() for a in entries if a.strip()]
     unknown = [a for a in arches if a not in ARCHES]
     if unknown:
-        raise ConfigError(
-            f"unknown architecture {', '.join(map(repr, unknown))}: use {' or '.join(ARCHES)}"
-        )
+        raise ConfigError(f"unknown architecture {', '.join(map(repr, unknown))}: use {' or '.join(ARCHES)}")
     if not arches:
         raise ConfigError("TALOS_ARCHES is empty: use amd64, arm64 or both")
     return list(dict.fromkeys(arches))

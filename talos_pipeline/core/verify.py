@@ -8,8 +8,8 @@ Sigstore bundle verifies against the given identity policy or public key.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import PipelineError
 from .hashing import ImageDigester, sha256_hex
@@ -87,7 +87,9 @@ def verify_store(store: Store, policy: VerifyPolicy, log: Callable[[str], None] 
     return report
 
 
-def _check_product(store: Store, policy: VerifyPolicy, product: dict, meta: dict, disk: dict, entry: ProductReport) -> None:
+def _check_product(
+    store: Store, policy: VerifyPolicy, product: dict, meta: dict, disk: dict, entry: ProductReport
+) -> None:
     try:
         tarball = store.read_bytes(meta["path"])
     except ObjectMissing:
@@ -144,8 +146,12 @@ def _check_signatures(
         try:
             bundle = store.read_bytes(item["signature"])
             what = verify_bundle(
-                artifact, bundle, key_pem=policy.key_pem, trust_config_path=policy.trust_config,
-                identity_regexp=policy.identity_regexp, oidc_issuer=policy.oidc_issuer,
+                artifact,
+                bundle,
+                key_pem=policy.key_pem,
+                trust_config_path=policy.trust_config,
+                identity_regexp=policy.identity_regexp,
+                oidc_issuer=policy.oidc_issuer,
             )
             entry.notes.append(f"{item['signature']}: {what}")
         except ObjectMissing:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import ConfigError
 
@@ -33,7 +33,7 @@ class TalosVersion:
     pre_n: int = 0
 
     @classmethod
-    def parse(cls, tag: str) -> "TalosVersion":
+    def parse(cls, tag: str) -> TalosVersion:
         match = _TAG.match(tag) if isinstance(tag, str) else None
         if not match:
             raise InvalidVersionError(
@@ -70,16 +70,16 @@ class TalosVersion:
         pre_rank = (_PRE_ORDER[self.pre], self.pre_n) if self.pre else (3, 0)
         return (self.major, self.minor, self.patch, *pre_rank)
 
-    def __lt__(self, other: "TalosVersion") -> bool:
+    def __lt__(self, other: TalosVersion) -> bool:
         return self.sort_key() < other.sort_key()
 
-    def __le__(self, other: "TalosVersion") -> bool:
+    def __le__(self, other: TalosVersion) -> bool:
         return self.sort_key() <= other.sort_key()
 
-    def __gt__(self, other: "TalosVersion") -> bool:
+    def __gt__(self, other: TalosVersion) -> bool:
         return self.sort_key() > other.sort_key()
 
-    def __ge__(self, other: "TalosVersion") -> bool:
+    def __ge__(self, other: TalosVersion) -> bool:
         return self.sort_key() >= other.sort_key()
 
     def __str__(self) -> str:
@@ -98,8 +98,8 @@ def parse_timestamp(value: str) -> datetime:
     except (AttributeError, ValueError) as exc:
         raise ConfigError(f"{value!r} is not an ISO 8601 timestamp like 2025-12-22T18:05:12Z") from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def serial_for(published_at: str) -> str:

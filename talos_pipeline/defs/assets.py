@@ -5,16 +5,15 @@ hand data to each other through the store (`state/…`), never through an IO man
 can run anywhere that can reach the store.
 """
 
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from talos_pipeline.core.catalog import rebuild_catalog
 from talos_pipeline.core.errors import PipelineError, UpstreamError
+from talos_pipeline.core.hashing import sha256_hex
 from talos_pipeline.core.images import ImageRef
 from talos_pipeline.core.metadata import metadata_tarball
-from talos_pipeline.core.hashing import sha256_hex
 from talos_pipeline.core.publish import (
     check_record,
     discover_release,
@@ -68,7 +67,9 @@ def talos_release(
     """Facts of one Talos release from GitHub, cross-checked with the Image Factory's /versions."""
     version, arch = version_and_arch(context)
     try:
-        facts = discover_release(talos_upstream.releases(context.log.warning), talos_upstream.factory(context.log.warning), version)
+        facts = discover_release(
+            talos_upstream.releases(context.log.warning), talos_upstream.factory(context.log.warning), version
+        )
         save_release(talos_store.open(), arch, facts)
     except PipelineError as exc:
         raise _failure(context, exc) from None
@@ -120,7 +121,10 @@ def expected_metadata(image: ImageRef, release) -> PublishedFile:
     retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
 )
 def talos_disk_image(
-    context: dg.AssetExecutionContext, config: ImageSelection, talos_images: TalosImages, talos_store: TalosStore,
+    context: dg.AssetExecutionContext,
+    config: ImageSelection,
+    talos_images: TalosImages,
+    talos_store: TalosStore,
     talos_upstream: TalosUpstream,
 ) -> dg.MaterializeResult:
     """Streams each qcow2 from the Image Factory once: sha256, size, Incus fingerprint, unified-tarball
@@ -133,25 +137,35 @@ def talos_disk_image(
         for image in _images(context, talos_images, config):
             release = load_release(store, image.version, image.arch)
             context.log.info(f"{image.label}: downloading {factory.image_url(image)} ({mode} mode)")
-            facts = hash_disk(store, factory, image, release, expected_metadata(image, release), mode=mode, log=context.log.info)
+            facts = hash_disk(
+                store, factory, image, release, expected_metadata(image, release), mode=mode, log=context.log.info
+            )
             context.log.info(
                 f"{image.label}: {facts.size / 2**20:.1f} MiB in {facts.seconds:.1f}s "
                 f"({facts.bytes_per_second / 1e6:.0f} MB/s), sha256 {facts.sha256}"
             )
             total_bytes += facts.size
             total_seconds += facts.seconds
-            rows.append({
-                "variant": image.variant.name, "sha256": facts.sha256, "size": facts.size,
-                "fingerprint": facts.fingerprint, "MB/s": round(facts.bytes_per_second / 1e6, 1),
-                "path": facts.path, "upstream": facts.upstream_url,
-            })
+            rows.append(
+                {
+                    "variant": image.variant.name,
+                    "sha256": facts.sha256,
+                    "size": facts.size,
+                    "fingerprint": facts.fingerprint,
+                    "MB/s": round(facts.bytes_per_second / 1e6, 1),
+                    "path": facts.path,
+                    "upstream": facts.upstream_url,
+                }
+            )
     except PipelineError as exc:
         raise _failure(context, exc) from None
     return dg.MaterializeResult(
         metadata={
             "disks": _table(rows),
             "bytes": dg.MetadataValue.int(total_bytes),
-            "MB_per_second": dg.MetadataValue.float(round(total_bytes / total_seconds / 1e6, 1) if total_seconds else 0.0),
+            "MB_per_second": dg.MetadataValue.float(
+                round(total_bytes / total_seconds / 1e6, 1) if total_seconds else 0.0
+            ),
             "disk_mode": mode,
         },
         data_version=dg.DataVersion(sha256_hex("".join(r["fingerprint"] for r in rows).encode())),
@@ -165,13 +179,18 @@ def talos_disk_image(
     kinds={"python"},
     check_specs=[
         dg.AssetCheckSpec(
-            PUBLISHED_CHECK, asset="talos_image", blocking=True,
+            PUBLISHED_CHECK,
+            asset="talos_image",
+            blocking=True,
             description="Every object the product records name is in the store with the recorded size and hash.",
         )
     ],
 )
 def talos_image(
-    context: dg.AssetExecutionContext, config: ImageSelection, talos_images: TalosImages, talos_store: TalosStore,
+    context: dg.AssetExecutionContext,
+    config: ImageSelection,
+    talos_images: TalosImages,
+    talos_store: TalosStore,
     talos_signing: TalosSigning,
 ) -> dg.MaterializeResult:
     """Signs each variant's files (when signing is on) and writes its product record, which makes
@@ -185,17 +204,24 @@ def talos_image(
             disk = load_disk_facts(store, image)
             record = publish_record(store, signer, image, release, expected_metadata(image, release), disk)
             problems += [f"{image.label}: {p}" for p in check_record(store, record)]
-            rows.append({
-                "variant": image.variant.name, "product": record.product_key, "fingerprint": record.fingerprint,
-                "serial": record.serial, "signing": record.signing, "record": image.record_key,
-            })
+            rows.append(
+                {
+                    "variant": image.variant.name,
+                    "product": record.product_key,
+                    "fingerprint": record.fingerprint,
+                    "serial": record.serial,
+                    "signing": record.signing,
+                    "record": image.record_key,
+                }
+            )
     except PipelineError as exc:
         raise _failure(context, exc) from None
     return dg.MaterializeResult(
         metadata={"products": _table(rows), "signing": talos_signing.mode},
         check_results=[
             dg.AssetCheckResult(
-                check_name=PUBLISHED_CHECK, passed=not problems,
+                check_name=PUBLISHED_CHECK,
+                passed=not problems,
                 metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
             )
         ],
@@ -222,8 +248,14 @@ def talos_catalog(
     for problem in result.problems:
         context.log.warning(problem)
     rows = [
-        {"product": r.product_key, "serial": r.serial, "fingerprint": r.fingerprint[:12],
-         "disk MiB": round(r.disk.size / 2**20, 1), "signing": r.signing, "mode": r.disk_mode}
+        {
+            "product": r.product_key,
+            "serial": r.serial,
+            "fingerprint": r.fingerprint[:12],
+            "disk MiB": round(r.disk.size / 2**20, 1),
+            "signing": r.signing,
+            "mode": r.disk_mode,
+        }
         for r in sorted(result.records, key=lambda r: r.product_key)
     ]
     return dg.MaterializeResult(

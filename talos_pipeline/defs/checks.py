@@ -1,6 +1,5 @@
 """Checks on the published catalog itself."""
 
-
 import json
 
 import dagster as dg
@@ -12,7 +11,9 @@ from .assets import talos_catalog
 from .resources import TalosStore
 
 
-@dg.asset_check(asset=talos_catalog, blocking=True, description="Every file images.json names is in the store with its size.")
+@dg.asset_check(
+    asset=talos_catalog, blocking=True, description="Every file images.json names is in the store with its size."
+)
 def catalog_files_exist(talos_store: TalosStore) -> dg.AssetCheckResult:
     store = talos_store.open()
     try:
@@ -31,5 +32,8 @@ def catalog_files_exist(talos_store: TalosStore) -> dg.AssetCheckResult:
                     problems.append(f"{product_key}: {item['path']} missing or wrong size")
     return dg.AssetCheckResult(
         passed=not problems,
-        metadata={"files_checked": checked, "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
+        metadata={
+            "files_checked": checked,
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        },
     )

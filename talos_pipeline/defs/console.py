@@ -11,7 +11,6 @@ import sys
 
 import dagster as dg
 
-
 _DAGSTER_PREFIX = re.compile(r"^\w+ - [0-9a-f-]{36} - (?:\d+ - )?(?:[\w.\[\]]+ - )?")
 _CLASS_PREFIX = re.compile(r"dagster\._core\.[\w.]+: ")
 

@@ -23,15 +23,21 @@ from .resources import TalosImages, TalosStore
 
 
 class PruneConfig(dg.Config):
-    keep: int | None = Field(default=None, description="Keep the newest N versions of each product line (arch × variant).")
-    keep_per_minor: int | None = Field(default=None, description="Keep the newest N versions of each minor line (v1.12).")
+    keep: int | None = Field(
+        default=None, description="Keep the newest N versions of each product line (arch × variant)."
+    )
+    keep_per_minor: int | None = Field(
+        default=None, description="Keep the newest N versions of each minor line (v1.12)."
+    )
     grace_seconds: float = Field(
         default=DEFAULT_GRACE_SECONDS, description="Delete files only after this long out of the catalog."
     )
     dry_run: bool = Field(default=False, description="Report what would go; change nothing.")
 
 
-@dg.op(description="Drop products beyond the retention policy, rebuild the catalog, delete files out of the catalog past the grace period.")
+@dg.op(
+    description="Drop products beyond the retention policy, rebuild the catalog, delete files out of the catalog past the grace period."
+)
 def prune_talos_store(
     context: dg.OpExecutionContext, config: PruneConfig, talos_store: TalosStore, talos_images: TalosImages
 ):

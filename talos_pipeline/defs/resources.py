@@ -14,9 +14,18 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from talos_pipeline.core.discovery import DiscoveryPolicy
-from talos_pipeline.core.settings import DEFAULT_INCLUDE_PRERELEASES, DEFAULT_MIN_VERSION
-from talos_pipeline.core.settings import DEFAULT_ARCHES, DEFAULT_FACTORY_URL, DEFAULT_RELEASES_URL
-from talos_pipeline.core.settings import DEFAULT_VARIANTS, DISK_MODES, SIGNING_MODES, check_choice, default_store
+from talos_pipeline.core.settings import (
+    DEFAULT_ARCHES,
+    DEFAULT_FACTORY_URL,
+    DEFAULT_INCLUDE_PRERELEASES,
+    DEFAULT_MIN_VERSION,
+    DEFAULT_RELEASES_URL,
+    DEFAULT_VARIANTS,
+    DISK_MODES,
+    SIGNING_MODES,
+    check_choice,
+    default_store,
+)
 from talos_pipeline.core.signing import Signer, make_signer
 from talos_pipeline.core.store import Store, open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient

@@ -16,9 +16,9 @@ Sensors decide; the heavy work (downloads) happens in runs.
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Mapping
+from datetime import UTC, datetime
 
 import dagster as dg
 from pydantic import Field
@@ -41,7 +41,7 @@ RATE_LIMIT_FALLBACK_SECONDS = 600
 
 
 def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass
@@ -206,22 +206,30 @@ def talos_catalog_sensor(context: dg.SensorEvaluationContext):
         return dg.SkipReason("the catalog has been requested after the latest image publication")
     image = latest[0]
     if time.time() - image.timestamp < CATALOG_GRACE_SECONDS:
-        return dg.SkipReason(f"an image was published {time.time() - image.timestamp:.0f}s ago; leaving it to the automation sensor")
+        return dg.SkipReason(
+            f"an image was published {time.time() - image.timestamp:.0f}s ago; leaving it to the automation sensor"
+        )
     active = context.instance.get_run_records(dg.RunsFilter(statuses=_ACTIVE), limit=200)
     publishing = [r for r in active if _touches(r.dagster_run, _PER_IMAGE_KEYS, publish_images_job.name)]
     if publishing:
         return dg.SkipReason(f"waiting for {len(publishing)} image run(s) before rebuilding the catalog")
-    since = datetime.fromtimestamp(image.timestamp, timezone.utc)
+    since = datetime.fromtimestamp(image.timestamp, UTC)
     for record in context.instance.get_run_records(dg.RunsFilter(created_after=since), limit=200):
         run = record.dagster_run
         if run.status not in _GAVE_UP and _touches(run, {talos_catalog.key}, publish_catalog_job.name):
             return dg.SensorResult(
-                skip_reason=dg.SkipReason(f"catalog run {run.run_id[:8]} was created after the latest image publication"),
+                skip_reason=dg.SkipReason(
+                    f"catalog run {run.run_id[:8]} was created after the latest image publication"
+                ),
                 cursor=str(image.storage_id),
             )
-    context.log.info(f"rebuilding the catalog: talos_image {image.partition_key} was published after the last catalog run")
+    context.log.info(
+        f"rebuilding the catalog: talos_image {image.partition_key} was published after the last catalog run"
+    )
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"catalog-after-{image.storage_id}", tags={"talos/trigger": CATALOG_SENSOR})],
+        run_requests=[
+            dg.RunRequest(run_key=f"catalog-after-{image.storage_id}", tags={"talos/trigger": CATALOG_SENSOR})
+        ],
         cursor=str(image.storage_id),
     )
 
@@ -353,4 +361,3 @@ def drift_republish_sensor(context: dg.SensorEvaluationContext, asset_event: dg.
 
 def release_automation_sensors(environ: Mapping[str, str] | None = None) -> list[dg.SensorDefinition]:
     return [build_release_sensor(environ), talos_catalog_sensor, drift_republish_sensor]
-

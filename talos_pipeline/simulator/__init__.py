@@ -8,10 +8,10 @@ from .releases import DEFAULT_RELEASES, SimulatedRelease, load_releases
 from .server import VANILLA_SCHEMATIC, UpstreamSimulator
 
 __all__ = [
-    "UpstreamSimulator",
-    "SimulatedRelease",
     "DEFAULT_RELEASES",
     "VANILLA_SCHEMATIC",
+    "SimulatedRelease",
+    "UpstreamSimulator",
     "load_releases",
     "write_qcow2",
 ]

@@ -14,7 +14,7 @@ import threading
 from .releases import load_releases
 from .server import UpstreamSimulator
 
-__all__ = ["add_arguments", "run", "main", "parse_size"]
+__all__ = ["add_arguments", "main", "parse_size", "run"]
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1024, "KIB": 1024, "KB": 1000, "M": 1024**2, "MIB": 1024**2, "MB": 1000**2,

@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import BinaryIO
 
-__all__ = ["Qcow2Layout", "plan_qcow2", "write_qcow2", "expected_guest_bytes", "CHUNK_SIZE"]
+__all__ = ["CHUNK_SIZE", "Qcow2Layout", "expected_guest_bytes", "plan_qcow2", "write_qcow2"]
 
 MAGIC = b"QFI\xfb"
 VERSION = 3

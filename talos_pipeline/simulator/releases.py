@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = [
-    "SimulatedRelease",
     "DEFAULT_RELEASES",
+    "MIN_FACTORY_VERSION",
+    "SimulatedRelease",
+    "factory_versions",
+    "format_timestamp",
     "load_releases",
     "parse_semver",
     "semver_key",
-    "factory_versions",
-    "format_timestamp",
-    "MIN_FACTORY_VERSION",
 ]
 
 _TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -44,14 +44,14 @@ MIN_FACTORY_VERSION = (1, 2, 0)
 def format_timestamp(when: datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC, as GitHub prints times."""
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).strftime(_TIMESTAMP_FMT)
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime(_TIMESTAMP_FMT)
 
 
 def parse_timestamp(value: str) -> datetime:
     if not isinstance(value, str) or not _TIMESTAMP_RE.match(value):
         raise ValueError(f"timestamp {value!r} is not in the form YYYY-MM-DDTHH:MM:SSZ")
-    return datetime.strptime(value, _TIMESTAMP_FMT).replace(tzinfo=timezone.utc)
+    return datetime.strptime(value, _TIMESTAMP_FMT).replace(tzinfo=UTC)
 
 
 def parse_semver(tag: str) -> tuple[int, int, int, tuple[str, ...]] | None:

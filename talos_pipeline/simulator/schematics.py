@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["SchematicError", "canonical_schematic", "schematic_id", "parse_yaml", "VANILLA_SCHEMATIC_YAML"]
+__all__ = ["VANILLA_SCHEMATIC_YAML", "SchematicError", "canonical_schematic", "parse_yaml", "schematic_id"]
 
 VANILLA_SCHEMATIC_YAML = "customization: {}\n"
 
@@ -153,10 +153,7 @@ def _emit(value: Any, indent: int, lines: list[str]) -> None:
         keys = value.keys() if not getattr(value, "_sorted", False) else sorted(value)
         for key in keys:
             item = value[key]
-            if isinstance(item, dict) and item:
-                lines.append(f"{pad}{_scalar(key)}:")
-                _emit(item, indent + 4, lines)
-            elif isinstance(item, list) and item:
+            if (isinstance(item, dict) and item) or (isinstance(item, list) and item):
                 lines.append(f"{pad}{_scalar(key)}:")
                 _emit(item, indent + 4, lines)
             else:
@@ -419,7 +416,7 @@ def _inline_value(text: str, line: int) -> Any:
     value = flow.value(False)
     flow.ws()
     if flow.pos != len(text):
-        raise flow.error(f"unexpected text after value: {text[flow.pos:]!r}")
+        raise flow.error(f"unexpected text after value: {text[flow.pos :]!r}")
     return value
 
 

@@ -33,17 +33,18 @@ import tempfile
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .qcow2 import write_qcow2
 from .releases import DEFAULT_RELEASES, SimulatedRelease, factory_versions, format_timestamp, parse_semver, semver_key
 from .schematics import VANILLA_SCHEMATIC_YAML, SchematicError, canonical_schematic, schematic_id
 
-__all__ = ["UpstreamSimulator", "VANILLA_SCHEMATIC", "FAULTS", "PLATFORMS", "ARCHES", "GITHUB_REPO_ID"]
+__all__ = ["ARCHES", "FAULTS", "GITHUB_REPO_ID", "PLATFORMS", "VANILLA_SCHEMATIC", "UpstreamSimulator"]
 
 VANILLA_SCHEMATIC = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
 GITHUB_OWNER, GITHUB_REPO = "siderolabs", "talos"
@@ -85,7 +86,7 @@ class _ImageKey(NamedTuple):
 
 
 class _Fault:
-    __slots__ = ("prefix", "kind", "remaining")
+    __slots__ = ("kind", "prefix", "remaining")
 
     def __init__(self, prefix: str, kind: str, remaining: int | None) -> None:
         self.prefix, self.kind, self.remaining = prefix, kind, remaining
@@ -106,7 +107,7 @@ def _release_id(tag: str) -> int:
 
 
 def _now_timestamp() -> str:
-    return format_timestamp(datetime.now(timezone.utc))
+    return format_timestamp(datetime.now(UTC))
 
 
 class UpstreamSimulator:
@@ -189,7 +190,7 @@ class UpstreamSimulator:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "UpstreamSimulator":
+    def start(self) -> UpstreamSimulator:
         if self._server is not None:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -216,7 +217,7 @@ class UpstreamSimulator:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
 
-    def __enter__(self) -> "UpstreamSimulator":
+    def __enter__(self) -> UpstreamSimulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -251,9 +252,7 @@ class UpstreamSimulator:
                 self._temp_cache_dir = Path(tempfile.mkdtemp(prefix="talos-upstream-sim-"))
             return self._temp_cache_dir
 
-    def image_url(
-        self, version: str, arch: str, platform: str = "nocloud", schematic: str = VANILLA_SCHEMATIC
-    ) -> str:
+    def image_url(self, version: str, arch: str, platform: str = "nocloud", schematic: str = VANILLA_SCHEMATIC) -> str:
         return f"{self.factory_url}/image/{schematic}/{_normalize_version(version)}/{platform}-{arch}.qcow2"
 
     # ------------------------------------------------------------------ releases
@@ -295,9 +294,7 @@ class UpstreamSimulator:
     def _key(self, version: str, arch: str, platform: str, schematic: str) -> _ImageKey:
         return _ImageKey(schematic, _normalize_version(version), platform, arch)
 
-    def downloads(
-        self, version: str, arch: str, platform: str = "nocloud", schematic: str = VANILLA_SCHEMATIC
-    ) -> int:
+    def downloads(self, version: str, arch: str, platform: str = "nocloud", schematic: str = VANILLA_SCHEMATIC) -> int:
         """GET bodies started for that image (factory or CDN; HEAD and 302s not counted)."""
         with self._lock:
             return self._downloads.get(self._key(version, arch, platform, schematic), 0)
@@ -306,9 +303,7 @@ class UpstreamSimulator:
         with self._lock:
             return sum(self._downloads.values())
 
-    def drift(
-        self, version: str, arch: str, platform: str = "nocloud", schematic: str = VANILLA_SCHEMATIC
-    ) -> int:
+    def drift(self, version: str, arch: str, platform: str = "nocloud", schematic: str = VANILLA_SCHEMATIC) -> int:
         """Later requests for that image get different bytes (a factory rebuild); returns the generation."""
         key = self._key(version, arch, platform, schematic)
         with self._lock:
@@ -600,7 +595,7 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.sim.verbose:
             super().log_message(format, *args)
 
@@ -1020,7 +1015,7 @@ def _release_json(release: SimulatedRelease, base: str) -> dict[str, Any]:
     tag = release.tag
     parsed = parse_semver(tag)
     published = release.published
-    created = format_timestamp(datetime.fromtimestamp(published.timestamp() - 5233, timezone.utc))
+    created = format_timestamp(datetime.fromtimestamp(published.timestamp() - 5233, UTC))
     api = f"{base}/repos/{GITHUB_OWNER}/{GITHUB_REPO}"
     html = f"https://github.com/{GITHUB_OWNER}/{GITHUB_REPO}/releases/tag/{tag}"
     return {

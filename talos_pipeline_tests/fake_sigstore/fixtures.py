@@ -65,6 +65,4 @@ def node_verifier() -> list[str]:
 
 
 def run_node(cmd: list[str], *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*cmd, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
-    )
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=60, check=False)

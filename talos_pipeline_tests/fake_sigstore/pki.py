@@ -11,7 +11,7 @@ import hashlib
 import struct
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,9 +28,7 @@ def _fulcio_oid(n: int) -> ObjectIdentifier:
 
 
 def spki_der(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def key_id(key: ec.EllipticCurvePublicKey) -> bytes:
@@ -98,9 +96,7 @@ class FakePKI:
     name: str = "talos-fake-sigstore"
     cert_lifetime: timedelta = timedelta(minutes=10)
     not_before: datetime = field(
-        default_factory=lambda: (
-            datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
-        )
+        default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     )
 
     def __post_init__(self) -> None:
@@ -111,12 +107,8 @@ class FakePKI:
         self.oidc_key = ec.generate_private_key(ec.SECP256R1())
 
         org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.name)
-        self.root_name = x509.Name(
-            [org, x509.NameAttribute(NameOID.COMMON_NAME, "fake-fulcio-root")]
-        )
-        self.intermediate_name = x509.Name(
-            [org, x509.NameAttribute(NameOID.COMMON_NAME, "fake-fulcio-intermediate")]
-        )
+        self.root_name = x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, "fake-fulcio-root")])
+        self.intermediate_name = x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, "fake-fulcio-intermediate")])
         self.root_cert = _ca_cert(
             subject=self.root_name,
             key=self.root_key,
@@ -141,21 +133,16 @@ class FakePKI:
         """CA chain from the issuing intermediate up to the root (Fulcio/trusted-root order)."""
         return [self.intermediate_cert, self.root_cert]
 
-    def issue_leaf(
-        self, public_key: ec.EllipticCurvePublicKey, claims: GitHubClaims
-    ) -> x509.Certificate:
+    def issue_leaf(self, public_key: ec.EllipticCurvePublicKey, claims: GitHubClaims) -> x509.Certificate:
         """A Fulcio-style code-signing leaf for a GitHub Actions token, with an embedded SCT."""
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         issuer = claims.get("iss")
         job_workflow_ref = claims.get("job_workflow_ref")
         repository = claims.get("repository")
         owner = claims.get("repository_owner", repository.split("/")[0])
         server = "https://github.com"
         san = f"{server}/{job_workflow_ref}"
-        run_uri = (
-            f"{server}/{repository}/actions/runs/{claims.get('run_id')}"
-            f"/attempts/{claims.get('run_attempt')}"
-        )
+        run_uri = f"{server}/{repository}/actions/runs/{claims.get('run_id')}/attempts/{claims.get('run_attempt')}"
         raw_v1 = {  # deprecated extensions: raw (not DER) string values
             1: issuer,
             2: claims.get("event_name"),
@@ -203,20 +190,14 @@ class FakePKI:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False
-            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.intermediate_key.public_key()
-                ),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate_key.public_key()),
                 critical=False,
             )
             # An empty subject makes the SAN critical (RFC 5280 4.2.1.6), as Fulcio does.
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(san)]), critical=True
-            )
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(san)]), critical=True)
         )
         for n, value in raw_v1.items():
             if value:

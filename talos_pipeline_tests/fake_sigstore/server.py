@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ def _b64(data: bytes) -> str:
 
 
 def _rfc3339(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def closed_port_url() -> str:
@@ -138,9 +138,7 @@ class FakeSigstore:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-sigstore", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-sigstore", daemon=True)
         self._thread.start()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.trust_config_path.write_text(json.dumps(self.client_trust_config(), indent=2))
@@ -201,9 +199,7 @@ class FakeSigstore:
         """The regexp users should pass: the repository URL with its trailing slash."""
         return "^https://github.com/" + (repository or self.repository).replace(".", r"\.") + "/"
 
-    def claims(
-        self, *, repository: str | None = None, audience: str = "sigstore"
-    ) -> dict[str, Any]:
+    def claims(self, *, repository: str | None = None, audience: str = "sigstore") -> dict[str, Any]:
         repository = repository or self.repository
         owner = repository.split("/")[0]
         now = int(time.time())
@@ -282,8 +278,7 @@ class FakeSigstore:
                     "uri": self.url,
                     "certChain": {
                         "certificates": [
-                            {"rawBytes": _b64(c.public_bytes(serialization.Encoding.DER))}
-                            for c in self.pki.chain
+                            {"rawBytes": _b64(c.public_bytes(serialization.Encoding.DER))} for c in self.pki.chain
                         ]
                     },
                     "validFor": {"start": _rfc3339(self.pki.not_before)},
@@ -293,9 +288,7 @@ class FakeSigstore:
             "timestampAuthorities": [],
         }
 
-    def signing_config(
-        self, *, fulcio_url: str | None = None, rekor_url: str | None = None
-    ) -> dict[str, Any]:
+    def signing_config(self, *, fulcio_url: str | None = None, rekor_url: str | None = None) -> dict[str, Any]:
         start = {"start": _rfc3339(self.pki.not_before)}
 
         def service(url: str) -> dict[str, Any]:
@@ -311,9 +304,7 @@ class FakeSigstore:
             "tsaConfig": {"selector": "ANY"},
         }
 
-    def client_trust_config(
-        self, *, fulcio_url: str | None = None, rekor_url: str | None = None
-    ) -> dict[str, Any]:
+    def client_trust_config(self, *, fulcio_url: str | None = None, rekor_url: str | None = None) -> dict[str, Any]:
         return {
             "mediaType": CLIENT_TRUST_CONFIG_MEDIA_TYPE,
             "trustedRoot": self.trusted_root(),
@@ -325,9 +316,7 @@ class FakeSigstore:
     ) -> Path:
         """Write a variant ClientTrustConfig (e.g. Fulcio at an unreachable URL)."""
         path = Path(path)
-        path.write_text(
-            json.dumps(self.client_trust_config(fulcio_url=fulcio_url, rekor_url=rekor_url))
-        )
+        path.write_text(json.dumps(self.client_trust_config(fulcio_url=fulcio_url, rekor_url=rekor_url)))
         return path
 
     # --- OIDC token endpoint ------------------------------------------------------------
@@ -374,9 +363,7 @@ class FakeSigstore:
         except jwt.ExpiredSignatureError as exc:
             raise _Refusal(401, f"identity token has expired: {exc}") from exc
         except jwt.InvalidSignatureError as exc:
-            raise _Refusal(
-                401, f"identity token signature is not from the trusted OIDC issuer: {exc}"
-            ) from exc
+            raise _Refusal(401, f"identity token signature is not from the trusted OIDC issuer: {exc}") from exc
         except jwt.PyJWTError as exc:
             raise _Refusal(401, f"invalid identity token: {exc}") from exc
         for claim in ("job_workflow_ref", "repository"):
@@ -398,9 +385,7 @@ class FakeSigstore:
         leaf = self.pki.issue_leaf(public_key, GitHubClaims(claims))
         with self._lock:
             self.counters.fulcio_certificates_issued += 1
-        pems = [
-            c.public_bytes(serialization.Encoding.PEM).decode() for c in [leaf, *self.pki.chain]
-        ]
+        pems = [c.public_bytes(serialization.Encoding.PEM).decode() for c in [leaf, *self.pki.chain]]
         return {"signedCertificateEmbeddedSct": {"chain": {"certificates": pems}}}
 
     # --- Rekor v1 -----------------------------------------------------------------------
@@ -509,9 +494,7 @@ class FakeSigstore:
                         "rootHash": root.hex(),
                         "treeSize": size,
                     },
-                    "signedEntryTimestamp": _b64(
-                        self.pki.rekor_key.sign(set_payload, ec.ECDSA(hashes.SHA256()))
-                    ),
+                    "signedEntryTimestamp": _b64(self.pki.rekor_key.sign(set_payload, ec.ECDSA(hashes.SHA256()))),
                 },
             }
             self._entries[entry_uuid] = entry
@@ -543,7 +526,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         fake = self.server_fake
         try:
@@ -565,15 +548,13 @@ class _Handler(BaseHTTPRequestHandler):
         except _Refusal as refusal:
             self._refuse(refusal)
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         parts = urlsplit(self.path)
         fake = self.server_fake
         body = self._body()
         try:
             if parts.path == "/api/v2/signingCert":
-                self._reply(
-                    201, fake.handle_signing_cert(body, self.headers.get("Authorization", ""))
-                )
+                self._reply(201, fake.handle_signing_cert(body, self.headers.get("Authorization", "")))
             elif parts.path == "/api/v1/log/entries":
                 entry_uuid, payload = fake.handle_create_entry(body)
                 self._reply(201, payload, {"Location": f"/api/v1/log/entries/{entry_uuid}"})
@@ -583,9 +564,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(refusal)
 
 
-def ambient_env(
-    fake: FakeSigstore, *, kind: str = "valid", repository: str | None = None
-) -> dict[str, str]:
+def ambient_env(fake: FakeSigstore, *, kind: str = "valid", repository: str | None = None) -> dict[str, str]:
     """Environment that makes `sigstore.oidc.detect_credential()` fetch a token from `fake`
     exactly as in GitHub Actions, plus TALOS_SIGSTORE_TRUST_CONFIG pointing at its config.
 
