@@ -94,7 +94,7 @@ def worker(args: argparse.Namespace) -> int:
     key = f"bench/disk-{args.sha256}.qcow2"
     fed = 0.0
     if args.worker in ("stream", "spool"):
-        from talos_pipeline.core.s3store import S3Store
+        from talos_pipeline.core.stores.s3 import S3Store
 
         store = S3Store(
             args.bucket, part_size=args.part_mib * MIB, concurrency=args.concurrency, upload_mode=args.worker

@@ -69,7 +69,7 @@ def app_without_verify():
     with `verify_reads=True` (TALOS_VERIFY_READS=true); the name is kept for the child's label."""
     from serve import create_app
     from talos_pipeline.core.settings import Settings
-    from talos_pipeline.core.store import open_store
+    from talos_pipeline.core.stores import open_store
 
     settings = Settings.from_env()
     return create_app(

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from talos_pipeline.core.settings import Settings
-    from talos_pipeline.core.store import open_store
+    from talos_pipeline.core.stores import open_store
 
     from .app import check_public_url
     from .server import check_tls_files, logging_config, serve_forever, uvicorn_options

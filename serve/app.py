@@ -33,9 +33,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from talos_pipeline.core.errors import ConfigError, StoreError
 from talos_pipeline.core.hashing import sha256_hex
+from talos_pipeline.core.media import content_type_for
 from talos_pipeline.core.metadata import UnifiedLayout, layout_for, read_metadata_yaml
-from talos_pipeline.core.settings import DISK_MODES, check_choice
-from talos_pipeline.core.store import ObjectMissing, Store, content_type_for
+from talos_pipeline.core.settings import DiskMode
+from talos_pipeline.core.stores import ObjectMissing, Store
 from talos_pipeline.core.variants import ARCHES
 
 from .catalog import CatalogFile, CatalogHolder, Document, Image, Snapshot
@@ -240,16 +241,15 @@ class _Server:
         store: Store,
         *,
         public_url: str | None,
-        disk_mode: str,
+        disk_mode: DiskMode | str,
         factory_url: str | None,
         refresh_seconds: float,
         retain_seconds: float,
         verify_reads: bool,
     ) -> None:
-        check_choice("TALOS_DISK_MODE", disk_mode, DISK_MODES)
         self.store = store
         self.public_url = check_public_url(public_url)
-        self.disk_mode = disk_mode
+        self.disk_mode = DiskMode(disk_mode)
         self.verify_reads = verify_reads
         self.catalog = CatalogHolder(store, refresh_seconds=refresh_seconds, retain_seconds=retain_seconds)
         self.metrics = Metrics()
@@ -380,7 +380,7 @@ class _Server:
         return _text(500, f"/{key}: the stored object does not match the catalog; the operator has been told")
 
     def _proxied(self, image: Image) -> bool:
-        return image.upstream_path is not None or (self.disk_mode == "proxy" and image.factory_path is not None)
+        return image.upstream_path is not None or (self.disk_mode is DiskMode.PROXY and image.factory_path is not None)
 
     async def _open_upstream(self, image: Image) -> tuple[str, object] | Response:
         if self.proxy is None:

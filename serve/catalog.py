@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from talos_pipeline.core.errors import StoreError
 from talos_pipeline.core.images import IMAGES_KEY, INDEX_KEY
-from talos_pipeline.core.store import Store, check_key
+from talos_pipeline.core.stores import Store, check_key
 from talos_pipeline.core.variants import ARCHES
 from talos_pipeline.core.versions import TalosVersion
 

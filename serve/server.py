@@ -31,7 +31,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from talos_pipeline.core.errors import ConfigError
-from talos_pipeline.core.store import Store
+from talos_pipeline.core.stores import Store
 
 from .app import MAX_REQUEST_HEAD, create_app
 from .streams import StreamAborted
@@ -142,7 +142,7 @@ def uvicorn_options(
 def app_from_env():
     """The app as configured by the environment (`uvicorn --factory serve.server:app_from_env`)."""
     from talos_pipeline.core.settings import Settings
-    from talos_pipeline.core.store import open_store
+    from talos_pipeline.core.stores import open_store
 
     settings = Settings.from_env()
     return create_app(

@@ -17,7 +17,7 @@ from typing import Protocol
 import requests
 
 from talos_pipeline.core.hashing import HashThread
-from talos_pipeline.core.store import CHUNK, Store
+from talos_pipeline.core.stores import CHUNK, Store
 from talos_pipeline.core.upstream import CONNECT_TIMEOUT, READ_TIMEOUT, USER_AGENT
 
 from .catalog import UPSTREAM_PATH

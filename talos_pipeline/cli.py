@@ -10,7 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from talos_pipeline.core.catalog import load_records
 from talos_pipeline.core.errors import PipelineError
+from talos_pipeline.core.settings import Settings
+from talos_pipeline.core.stores import open_store
+from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
+from talos_pipeline.core.versions import TalosVersion
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -46,7 +53,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from talos_pipeline.core.settings import Settings
-    from talos_pipeline.core.store import open_store
+    from talos_pipeline.core.stores import open_store
     from talos_pipeline.core.verify import VerifyPolicy, verify_store
 
     settings = Settings.from_env()
@@ -67,18 +74,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from talos_pipeline.core.prune import RetentionPolicy, prune_config_from_env, prune_store
-    from talos_pipeline.core.settings import Settings
-    from talos_pipeline.core.store import open_store
+    from talos_pipeline.core.prune import RetentionPolicy, prune_store
 
     settings = Settings.from_env()
-    defaults = prune_config_from_env()  # TALOS_PRUNE_KEEP, _KEEP_PER_MINOR, _GRACE_SECONDS
+    defaults = RetentionPolicy.from_settings(settings)  # TALOS_PRUNE_KEEP, _KEEP_PER_MINOR, _GRACE_SECONDS
     policy = RetentionPolicy(
-        args.keep if args.keep is not None else defaults.get("keep"),
-        args.keep_per_minor if args.keep_per_minor is not None else defaults.get("keep_per_minor"),
-        args.grace_seconds if args.grace_seconds is not None else defaults.get("grace_seconds", 3600.0),
+        args.keep if args.keep is not None else defaults.keep,
+        args.keep_per_minor if args.keep_per_minor is not None else defaults.keep_per_minor,
+        args.grace_seconds if args.grace_seconds is not None else defaults.grace_seconds,
     ).validated()
-    store = open_store(args.store or settings.store)
+    store = open_store(args.store or settings.store, settings)
     store.check_ready()
     report = prune_store(store, policy, [v.name for v in settings.variant_list()], dry_run=args.dry_run)
     _say(report.summary())
@@ -86,8 +91,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
-    from talos_pipeline.core.releases import release_table
-
     _say(release_table())
     return 0
 
@@ -120,6 +123,41 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     generate_key_pair(private, public)
     _say(f"wrote {private} (keep secret; TALOS_SIGNING_KEY) and {public} (give to users: cosign verify-blob --key)")
     return 0
+
+
+def release_rows(settings: Settings) -> list[dict]:
+    releases = ReleasesClient(settings.releases_url, settings.github_token).list_releases().releases
+    offered = set(FactoryClient(settings.factory_url).versions())
+    records, _ = load_records(open_store(settings.store))
+    published: dict[str, list[str]] = {}
+    for record in records:
+        published.setdefault(record.version, []).append(f"{record.arch}/{record.variant}")
+    rows = []
+    for release in releases:
+        tag = release.get("tag_name", "")
+        valid = TalosVersion.is_valid(tag)
+        rows.append(
+            {
+                "version": tag,
+                "published_at": release.get("published_at") or "(draft)",
+                "prerelease": bool(release.get("prerelease")) or (valid and TalosVersion.parse(tag).is_prerelease),
+                "factory": "yes" if tag in offered else "no",
+                "published_here": ", ".join(sorted(published.get(tag, []))) or "-",
+                "note": "" if valid else "not a Talos release tag: ignored",
+            }
+        )
+    rows.sort(
+        key=lambda r: TalosVersion.parse(r["version"]).sort_key() if TalosVersion.is_valid(r["version"]) else (0,),
+        reverse=True,
+    )
+    return rows
+
+
+def release_table(settings: Settings | None = None) -> str:
+    rows = release_rows(settings or Settings.from_env())
+    if not rows:
+        return "no releases found"
+    return pd.DataFrame(rows).to_string(index=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

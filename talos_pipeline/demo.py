@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from talos_pipeline.core.settings import Settings
-from talos_pipeline.core.store import open_store
+from talos_pipeline.core.stores import open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
 from talos_pipeline.core.versions import TalosVersion, sorted_tags

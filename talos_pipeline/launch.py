@@ -19,7 +19,7 @@ from talos_pipeline.core.catalog import load_records
 from talos_pipeline.core.discovery import DiscoveryPolicy, discover
 from talos_pipeline.core.errors import PipelineError
 from talos_pipeline.core.settings import Settings
-from talos_pipeline.core.store import open_store
+from talos_pipeline.core.stores import open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
 from talos_pipeline.core.variants import parse_arches, select_variants
 from talos_pipeline.core.versions import TalosVersion
@@ -75,7 +75,7 @@ def unpublished_versions(
     settings: Settings, arches: list[str] | None = None, variants: list[str] | None = None, log: Log = _stderr
 ) -> list[str]:
     """Eligible upstream releases (the sensor's policy) missing any of these arches × variants here."""
-    policy = DiscoveryPolicy.from_settings(settings.include_prereleases, settings.min_version)
+    policy = DiscoveryPolicy.from_settings(settings)
     found = discover(
         ReleasesClient(settings.releases_url, settings.github_token), FactoryClient(settings.factory_url), policy
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from talos_pipeline.core.store import Store, open_store
+from talos_pipeline.core.stores import Store, open_store
 from talos_pipeline.simulator import UpstreamSimulator
 
 from .s3_fixtures import moto_with_auth, s3_env, s3_server, s3_store_url  # noqa: F401 (fixtures)

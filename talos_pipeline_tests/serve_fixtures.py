@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from talos_pipeline.core.catalog import rebuild_catalog
-from talos_pipeline.core.images import ImageRef, ReleaseFacts
+from talos_pipeline.core.images import ImageRef
 from talos_pipeline.core.publish import hash_disk, publish_record, store_metadata_tarball
 from talos_pipeline.core.records import ProductRecord
-from talos_pipeline.core.store import DirectoryStore
+from talos_pipeline.core.releases import ReleaseFacts
+from talos_pipeline.core.stores import DirectoryStore
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
 from talos_pipeline.core.variants import Variant
 

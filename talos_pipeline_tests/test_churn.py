@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from serve import create_app, start_in_thread
-from talos_pipeline.core.store import DirectoryStore
+from talos_pipeline.core.stores import DirectoryStore
 from talos_pipeline.launch import publish
 
 pytestmark = pytest.mark.slow

@@ -33,7 +33,7 @@ from talos_pipeline.core.prune import (
     read_ledger,
 )
 from talos_pipeline.core.records import ProductRecord, PublishedFile
-from talos_pipeline.core.store import DirectoryStore, Store, open_store
+from talos_pipeline.core.stores import DirectoryStore, Store, open_store
 from talos_pipeline.core.variants import Variant
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
 from talos_pipeline.launch import publish
@@ -225,7 +225,7 @@ def test_publish_killed_mid_download_leaves_a_valid_catalog_and_a_rerun_converge
 
 KILLER = """
 import os, signal, sys
-from talos_pipeline.core import s3store, store
+from talos_pipeline.core.stores import directory, s3, s3_uploads
 
 kind, _, arg = os.environ["TALOS_TEST_KILL_AT"].partition(":")
 
@@ -238,15 +238,15 @@ def kill_before(cls, name, match):
     setattr(cls, name, patched)
 
 if kind == "commit":      # the whole disk is written (or on its way), not yet named
-    for cls in (store._DirectoryUpload, s3store._S3Upload):
+    for cls in (directory._DirectoryUpload, s3_uploads.S3StreamUpload):
         kill_before(cls, "commit", lambda *a: True)
 elif kind == "copy":      # multipart upload completed to the staging key, not yet copied
-    kill_before(s3store.S3Store, "_copy", lambda *a: True)
+    kill_before(s3.S3Store, "copy_within", lambda *a: True)
 elif kind == "put":
-    for cls in (store.DirectoryStore, s3store.S3Store):
+    for cls in (directory.DirectoryStore, s3.S3Store):
         kill_before(cls, "put_bytes", lambda key, *a: key.startswith(arg))
 elif kind == "putif":
-    for cls in (store.DirectoryStore, s3store.S3Store):
+    for cls in (directory.DirectoryStore, s3.S3Store):
         kill_before(cls, "put_if", lambda key, *a: key == arg)
 
 from talos_pipeline.cli import main
@@ -482,7 +482,8 @@ def test_prune_cli_and_dagster_job(pipeline_env, simulator, capsys, monkeypatch)
     import dagster as dg
 
     requests = schedule.evaluate_tick(dg.build_schedule_context()).run_requests
-    assert requests[0].run_config == {"ops": {"prune_talos_store": {"config": {"keep": 3, "keep_per_minor": 1}}}}
+    config = {"keep": 3, "keep_per_minor": 1, "grace_seconds": 3600.0}
+    assert requests[0].run_config == {"ops": {"prune_talos_store": {"config": config}}}
     monkeypatch.setenv("TALOS_PRUNE_KEEP", "zero")
     assert main(["prune"]) == 2
     assert "TALOS_PRUNE_KEEP='zero'" in capsys.readouterr().err

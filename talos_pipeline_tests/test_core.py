@@ -11,12 +11,13 @@ import pytest
 
 from talos_pipeline.core.errors import ConfigError, StoreError
 from talos_pipeline.core.hashing import ImageDigester
-from talos_pipeline.core.images import ImageRef, ReleaseFacts
+from talos_pipeline.core.images import ImageRef
 from talos_pipeline.core.metadata import metadata_tarball, read_metadata_yaml, unified_layout
 from talos_pipeline.core.records import ProductRecord, PublishedFile
+from talos_pipeline.core.releases import ReleaseFacts
 from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.simplestreams import assign_aliases, render_catalog
-from talos_pipeline.core.store import DirectoryStore, check_key
+from talos_pipeline.core.stores import DirectoryStore, check_key
 from talos_pipeline.core.variants import Variant, parse_arches, parse_variants, select_variants
 from talos_pipeline.core.versions import InvalidVersionError, TalosVersion, serial_for, sorted_tags
 

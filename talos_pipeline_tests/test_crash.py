@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from talos_pipeline.core.store import DirectoryStore
+from talos_pipeline.core.stores import DirectoryStore
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
 
 from .conftest import tree_digest

@@ -33,7 +33,7 @@ import pytest
 import requests
 
 from talos_pipeline.core.images import IMAGES_KEY
-from talos_pipeline.core.store import ObjectMissing, open_store
+from talos_pipeline.core.stores import ObjectMissing, open_store
 from talos_pipeline.simulator import UpstreamSimulator
 from talos_pipeline.simulator.releases import SimulatedRelease
 

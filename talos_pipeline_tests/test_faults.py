@@ -15,7 +15,7 @@ import requests
 
 from serve import create_app, start_in_thread
 from talos_pipeline.cli import main
-from talos_pipeline.core.store import DirectoryStore
+from talos_pipeline.core.stores import DirectoryStore
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
 from talos_pipeline.launch import publish
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from serve import create_app, generate_self_signed, start_in_thread
-from talos_pipeline.core.store import DirectoryStore
+from talos_pipeline.core.stores import DirectoryStore
 from talos_pipeline.launch import publish
 from talos_pipeline.simulator import UpstreamSimulator
 
@@ -223,7 +223,7 @@ def test_proxy_mode_drift_fails_the_download_and_is_reported(tmp_path, tls, incu
 def test_image_copy_and_direct_import_from_an_s3_store(tmp_path, sim, tls, incusd, s3_store_url):
     """The same client flow with the store in an S3 bucket (moto over HTTP): publish and serve both
     read and write it through boto3 only."""
-    from talos_pipeline.core.store import open_store
+    from talos_pipeline.core.stores import open_store
 
     _publish(s3_store_url, sim, ["v1.12.1"], TALOS_ARCHES="amd64", TALOS_VARIANTS="nocloud")
     store = open_store(s3_store_url)

@@ -18,8 +18,8 @@ import pytest
 
 from talos_pipeline.cli import main
 from talos_pipeline.core.errors import ConfigError, StoreError
-from talos_pipeline.core.s3store import MIB, S3Store
-from talos_pipeline.core.store import ObjectMissing, open_store
+from talos_pipeline.core.stores import ObjectMissing, open_store
+from talos_pipeline.core.stores.s3 import MIB, S3Store
 
 from .s3_fixtures import free_port
 
@@ -104,11 +104,11 @@ def test_bad_urls_are_config_errors(s3_env, url, fragment):
 def test_bad_tuning_is_a_config_error(s3_env, monkeypatch):
     monkeypatch.setenv("TALOS_S3_PART_SIZE", "1")
     with pytest.raises(ConfigError, match="at least 5 MiB"):
-        S3Store.from_url("s3://ok-bucket")
+        open_store("s3://ok-bucket")
     monkeypatch.setenv("TALOS_S3_PART_SIZE", "8")
     monkeypatch.setenv("TALOS_S3_UPLOAD", "carrier-pigeon")
     with pytest.raises(ConfigError, match="TALOS_S3_UPLOAD"):
-        S3Store.from_url("s3://ok-bucket")
+        open_store("s3://ok-bucket")
 
 
 def test_missing_bucket_fails_early_naming_bucket_and_endpoint(s3_env):

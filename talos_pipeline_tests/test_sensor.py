@@ -20,7 +20,7 @@ from talos_pipeline.core.discovery import (
     sensor_interval_seconds,
 )
 from talos_pipeline.core.errors import ConfigError
-from talos_pipeline.core.settings import parse_bool
+from talos_pipeline.core.settings import Settings, parse_bool
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient, ReleasesPage
 from talos_pipeline.defs.partitions import image_partition_key, talos_versions
 from talos_pipeline.defs.resources import TalosDiscovery, TalosImages, TalosUpstream
@@ -195,11 +195,14 @@ def test_bad_policy_settings_name_the_variable(sensor, instance, simulator):
 
 
 def test_the_interval_respects_the_github_budget():
-    assert sensor_interval_seconds({}) == 300
-    assert sensor_interval_seconds({"GITHUB_TOKEN": "t"}) == 60
-    assert sensor_interval_seconds({"TALOS_SENSOR_INTERVAL_SECONDS": "5"}) == 5
+    def interval(environ: dict[str, str]) -> int:
+        return sensor_interval_seconds(Settings.from_env(environ))
+
+    assert interval({}) == 300
+    assert interval({"GITHUB_TOKEN": "t"}) == 60
+    assert interval({"TALOS_SENSOR_INTERVAL_SECONDS": "5"}) == 5
     with pytest.raises(ConfigError, match="TALOS_SENSOR_INTERVAL_SECONDS='0'"):
-        sensor_interval_seconds({"TALOS_SENSOR_INTERVAL_SECONDS": "0"})
+        interval({"TALOS_SENSOR_INTERVAL_SECONDS": "0"})
     assert build_release_sensor({}).minimum_interval_seconds == 300
     assert "12 of GitHub's 60" in build_release_sensor({}).description
 

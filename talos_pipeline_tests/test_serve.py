@@ -32,7 +32,7 @@ from serve.tls import server_ssl_context
 from talos_pipeline.core.errors import StoreError
 from talos_pipeline.core.images import IMAGES_KEY, INDEX_KEY
 from talos_pipeline.core.metadata import read_metadata_yaml
-from talos_pipeline.core.store import DirectoryStore
+from talos_pipeline.core.stores import DirectoryStore
 from talos_pipeline.core.variants import Variant
 from talos_pipeline.simulator import UpstreamSimulator
 

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.signing import (
     KeySigner,
     NoSigner,
@@ -32,7 +33,7 @@ from talos_pipeline.core.signing import (
     bundle_kind,
     generate_key_pair,
     make_signer,
-    signer_from_env,
+    signer_for,
     verify_bundle,
 )
 from talos_pipeline_tests.fake_sigstore import (
@@ -42,6 +43,12 @@ from talos_pipeline_tests.fake_sigstore import (
     closed_port_url,
 )
 from talos_pipeline_tests.fake_sigstore.fixtures import run_node
+
+
+def signer_from_env():
+    """The signer the environment configures, keyless when TALOS_SIGNING is unset (as in CI)."""
+    return signer_for(Settings.from_env({"TALOS_SIGNING": "sigstore", **os.environ}))
+
 
 METADATA = b"incus metadata tarball\x00" * 20
 DISK = os.urandom(256 * 1024)
@@ -153,7 +160,7 @@ def test_certificate_renewed_before_it_expires(monkeypatch: pytest.MonkeyPatch) 
     with FakeSigstore(cert_lifetime=timedelta(seconds=30)) as fake:
         for name, value in ambient_env(fake).items():
             monkeypatch.setenv(name, value)
-        with make_signer("sigstore", trust_config_path=None) as signer:
+        with signer_from_env() as signer:
             first = signer.sign_bytes(b"one")
             second = signer.sign_bytes(b"two")  # < 60 s left on the first certificate
         assert fake.counters.fulcio_certificates_issued == 2
@@ -312,11 +319,11 @@ def test_no_ambient_token(monkeypatch: pytest.MonkeyPatch, fake: FakeSigstore) -
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TALOS_SIGSTORE_TRUST_CONFIG", str(fake.trust_config_path))
     with pytest.raises(SigningError, match=r"no ambient OIDC identity token: .*id-token: write"):
-        make_signer("sigstore").open()
+        signer_from_env().open()
     # GitHub Actions without `id-token: write`: the request variables are missing.
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     with pytest.raises(SigningError, match=r"ACTIONS_ID_TOKEN_REQUEST_TOKEN"):
-        make_signer("sigstore").open()
+        signer_from_env().open()
 
 
 def test_bad_mode_and_missing_key() -> None:

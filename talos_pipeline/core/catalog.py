@@ -40,7 +40,7 @@ rebuild rewrites it. `verify` reports that state; serving is unaffected.
 Retention
 ---------
 Before a catalog naming a file goes out, the file is taken off prune's orphan ledger
-(`prune.forget_orphans`), so a file that comes back into the catalog gets a full grace period
+(`ledger.forget_orphans`), so a file that comes back into the catalog gets a full grace period
 again when it leaves.
 """
 
@@ -53,9 +53,10 @@ from dataclasses import dataclass
 
 from .errors import StoreError
 from .images import IMAGES_KEY, INDEX_KEY, RECORDS_PREFIX
+from .ledger import forget_orphans
 from .records import ProductRecord
 from .simplestreams import render_catalog
-from .store import ObjectMissing, Store
+from .stores import ObjectMissing, Store
 
 MAX_ATTEMPTS = 30
 
@@ -112,8 +113,6 @@ def rebuild_catalog(
 ) -> CatalogResult:
     """Render the catalog from the records in the store and publish it (images.json, then
     index.json), safely against concurrent rebuilds; see the module docstring."""
-    from .prune import forget_orphans
-
     for attempt in range(1, max_attempts + 1):
         images_now = store.read_with_etag(IMAGES_KEY)
         index_now = store.read_with_etag(INDEX_KEY)

@@ -1,7 +1,6 @@
-"""Release discovery and the upstream re-check: which Talos releases to publish, and whether
-the images published in proxy mode still match what the Image Factory serves.
+"""Release discovery: which Talos releases to publish.
 
-Plain Python (no Dagster): the release sensor, the drift asset and the tests call these.
+Plain Python (no Dagster): the release sensor, `publish --new` and the tests call it.
 
 Eligible versions, in the order the checks run:
 
@@ -25,22 +24,17 @@ time of writing (1.10, 1.11, 1.12), keep a fresh deployment's first download bou
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from .errors import ConfigError, UpstreamError
-from .records import ProductRecord
-from .settings import DEFAULT_INCLUDE_PRERELEASES, DEFAULT_MIN_VERSION, parse_bool
-from .store import CHUNK
+from .errors import ConfigError
+from .settings import SETTING_BY_NAME, Settings
 from .upstream import FactoryClient, ReleasesClient
 from .versions import TalosVersion, parse_timestamp
 
-ENV_INCLUDE_PRERELEASES = "TALOS_INCLUDE_PRERELEASES"
-ENV_MIN_VERSION = "TALOS_MIN_VERSION"
-ENV_SENSOR_INTERVAL = "TALOS_SENSOR_INTERVAL_SECONDS"
+ENV_INCLUDE_PRERELEASES = SETTING_BY_NAME["include_prereleases"].env
+ENV_MIN_VERSION = SETTING_BY_NAME["min_version"].env
 PENDING_WINDOW = timedelta(hours=24)
 
 # GitHub's REST budget: 60 requests/hour per IP without a token (a 304 costs one too), 5,000 with.
@@ -55,15 +49,12 @@ AUTHENTICATED_INTERVAL_SECONDS = 60
 TAG_HINT = "not a Talos release tag (expected vMAJOR.MINOR.PATCH, optionally -alpha.N, -beta.N or -rc.N)"
 
 
-def sensor_interval_seconds(environ: Mapping[str, str]) -> int:
+def sensor_interval_seconds(settings: Settings) -> int:
     """The release sensor's minimum interval: `TALOS_SENSOR_INTERVAL_SECONDS` when set, else
-    60 s with `GITHUB_TOKEN` (1 of 5,000 requests/hour per minute) and 300 s without."""
-    value = environ.get(ENV_SENSOR_INTERVAL, "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise ConfigError(f"{ENV_SENSOR_INTERVAL}={value!r} is not valid: use a whole number of seconds, e.g. 300")
-        return int(value)
-    return AUTHENTICATED_INTERVAL_SECONDS if environ.get("GITHUB_TOKEN") else UNAUTHENTICATED_INTERVAL_SECONDS
+    60 s with `GITHUB_TOKEN` and 300 s without (12 of the 60 requests/hour)."""
+    if settings.sensor_interval_seconds is not None:
+        return settings.sensor_interval_seconds
+    return AUTHENTICATED_INTERVAL_SECONDS if settings.github_token else UNAUTHENTICATED_INTERVAL_SECONDS
 
 
 def budget_note(interval: int, authenticated: bool) -> str:
@@ -82,19 +73,17 @@ def budget_note(interval: int, authenticated: bool) -> str:
 @dataclass(frozen=True)
 class DiscoveryPolicy:
     include_prereleases: bool = False
-    min_version: TalosVersion = TalosVersion.parse(DEFAULT_MIN_VERSION)
+    min_version: TalosVersion = TalosVersion.parse(SETTING_BY_NAME["min_version"].default)
 
     @classmethod
-    def from_settings(
-        cls, include_prereleases: str | bool = DEFAULT_INCLUDE_PRERELEASES, min_version: str = DEFAULT_MIN_VERSION
-    ) -> DiscoveryPolicy:
-        include = parse_bool(ENV_INCLUDE_PRERELEASES, include_prereleases)
-        text = (min_version or DEFAULT_MIN_VERSION).strip()
+    def from_settings(cls, settings: Settings) -> DiscoveryPolicy:
+        text = settings.min_version.strip()
         if not TalosVersion.is_valid(text):
             raise ConfigError(
-                f"{ENV_MIN_VERSION}={min_version!r} is not valid: use a Talos release tag such as {DEFAULT_MIN_VERSION}"
+                f"{ENV_MIN_VERSION}={settings.min_version!r} is not valid: use a Talos release tag such as "
+                f"{SETTING_BY_NAME['min_version'].default}"
             )
-        return cls(include_prereleases=include, min_version=TalosVersion.parse(text))
+        return cls(include_prereleases=settings.include_prereleases, min_version=TalosVersion.parse(text))
 
     @property
     def fingerprint(self) -> str:
@@ -217,78 +206,3 @@ def discover(
     found = classify(page.releases, factory.versions(), policy, now=now)
     found.etag = page.etag
     return found
-
-
-# --------------------------------------------------------------------------- upstream re-check
-@dataclass(frozen=True)
-class DriftReport:
-    """The factory's current bytes for one published image, compared with its product record."""
-
-    record: ProductRecord
-    upstream_sha256: str | None = None
-    upstream_size: int | None = None
-    problem: str | None = None  # the factory could not be read (no verdict on the bytes)
-
-    @property
-    def drifted(self) -> bool:
-        return self.upstream_sha256 is not None and (
-            self.upstream_sha256 != self.record.disk.sha256 or self.upstream_size != self.record.disk.size
-        )
-
-    @property
-    def ok(self) -> bool:
-        return self.problem is None and not self.drifted
-
-    def describe(self) -> str:
-        label = self.record.image.label
-        if self.problem:
-            return f"{label}: could not re-check: {self.problem}"
-        if self.drifted:
-            return (
-                f"{label}: the factory now serves sha256 {self.upstream_sha256} ({self.upstream_size} bytes); "
-                f"published {self.record.disk.sha256} ({self.record.disk.size} bytes)"
-            )
-        return f"{label}: unchanged"
-
-
-def recheck_disk(factory: FactoryClient, record: ProductRecord) -> DriftReport:
-    """Stream the image the record was built from (never held in memory) and hash it."""
-    try:
-        response = factory.open_image(record.image)
-    except UpstreamError as exc:
-        return DriftReport(record, problem=str(exc))
-    digest, size = hashlib.sha256(), 0
-    length = response.headers.get("Content-Length", "")
-    try:
-        with response:
-            # the bytes as served, like the publishing pass hashed them (no content decoding)
-            for chunk in response.raw.stream(CHUNK, decode_content=False):
-                digest.update(chunk)
-                size += len(chunk)
-    except Exception as exc:  # a broken download is no verdict on the bytes
-        return DriftReport(record, problem=f"download broke off after {size} bytes ({type(exc).__name__}: {exc})")
-    if length.isdigit() and size != int(length):
-        return DriftReport(record, problem=f"download ended after {size} of {length} bytes (truncated)")
-    return DriftReport(record, upstream_sha256=digest.hexdigest(), upstream_size=size)
-
-
-def recheck_records(
-    factory: FactoryClient,
-    records: Iterable[ProductRecord],
-    *,
-    modes: Iterable[str] = ("proxy",),
-    log: Callable[[str], None] | None = None,
-) -> list[DriftReport]:
-    """Re-hash, from the factory, every record published in one of `modes` (proxy by default:
-    those are the images served straight from the factory, where drift breaks clients)."""
-    wanted = set(modes)
-    reports = []
-    for record in sorted(records, key=lambda r: (TalosVersion.parse(r.version).sort_key(), r.arch, r.variant)):
-        if record.disk_mode not in wanted:
-            continue
-        started = time.monotonic()
-        report = recheck_disk(factory, record)
-        if log:
-            log(f"{report.describe()} ({time.monotonic() - started:.1f}s)")
-        reports.append(report)
-    return reports

@@ -31,3 +31,7 @@ class UpstreamError(PipelineError):
 
 class StoreError(PipelineError):
     """The store cannot be read or written."""
+
+
+class SigningError(PipelineError):
+    """Signing or verification failed; the message says what failed and what to do."""

@@ -17,26 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .variants import INCUS_ARCHITECTURE, Variant
-from .versions import TalosVersion, serial_for
+from .versions import TalosVersion
 
 INDEX_KEY = "streams/v1/index.json"
 IMAGES_KEY = "streams/v1/images.json"
 RECORDS_PREFIX = "records/"
-SIGNATURE_SUFFIX = ".sigstore.json"
-
-
-@dataclass(frozen=True)
-class ReleaseFacts:
-    """What GitHub and the factory say about one Talos release."""
-
-    version: str
-    published_at: str
-    prerelease: bool
-    html_url: str = ""
-
-    @property
-    def serial(self) -> str:
-        return serial_for(self.published_at)
 
 
 @dataclass(frozen=True)
@@ -84,7 +69,3 @@ class ImageRef:
 
 def release_state_key(version: str, arch: str) -> str:
     return f"state/{version}/{arch}/release.json"
-
-
-def signature_key(key: str) -> str:
-    return key + SIGNATURE_SUFFIX

@@ -12,7 +12,8 @@ import lzma
 import tarfile
 from dataclasses import dataclass
 
-from .images import ImageRef, ReleaseFacts
+from .images import ImageRef
+from .releases import ReleaseFacts
 from .variants import INCUS_ARCHITECTURE
 from .versions import parse_timestamp
 

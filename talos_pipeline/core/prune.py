@@ -30,45 +30,24 @@ would go.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .errors import ConfigError, StoreError
+from .errors import ConfigError
 from .images import IMAGES_KEY, RECORDS_PREFIX, release_state_key
+from .ledger import ORPHANS_KEY, ledger_bytes, read_ledger
 from .records import ProductRecord
-from .store import ObjectMissing, Store
+from .settings import SETTING_BY_NAME, Settings
+from .simplestreams import read_images
+from .stores import ObjectMissing, Store
 from .versions import TalosVersion
 
-ORPHANS_KEY = "state/orphans.json"
 MANAGED_PREFIXES = ("images/", "state/")
-DEFAULT_GRACE_SECONDS = 3600.0
+DEFAULT_GRACE_SECONDS = float(SETTING_BY_NAME["prune_grace_seconds"].default)
 Log = Callable[[str], None]
-PRUNE_ENV = {
-    "keep": "TALOS_PRUNE_KEEP",
-    "keep_per_minor": "TALOS_PRUNE_KEEP_PER_MINOR",
-    "grace_seconds": "TALOS_PRUNE_GRACE_SECONDS",
-}
-
-
-def prune_config_from_env(environ=None) -> dict:
-    """Retention settings from TALOS_PRUNE_* (the schedule's run config and the CLI defaults), validated."""
-    environ = os.environ if environ is None else environ
-    config: dict = {}
-    for name, variable in PRUNE_ENV.items():
-        value = environ.get(variable)
-        if not value:
-            continue
-        try:
-            config[name] = float(value) if name == "grace_seconds" else int(value)
-        except ValueError:
-            raise ConfigError(f"{variable}={value!r} is not a number") from None
-    RetentionPolicy(**config).validated()
-    return config
 
 
 @dataclass(frozen=True)
@@ -76,6 +55,11 @@ class RetentionPolicy:
     keep: int | None = None
     keep_per_minor: int | None = None
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetentionPolicy:
+        """`TALOS_PRUNE_KEEP`, `TALOS_PRUNE_KEEP_PER_MINOR`, `TALOS_PRUNE_GRACE_SECONDS`."""
+        return cls(settings.prune_keep, settings.prune_keep_per_minor, settings.prune_grace_seconds).validated()
 
     def validated(self) -> RetentionPolicy:
         for name, value in (("--keep", self.keep), ("--keep-per-minor", self.keep_per_minor)):
@@ -121,39 +105,6 @@ def plan_retention(
     return sorted(kept, key=order), sorted(dropped, key=order)
 
 
-# -- the orphan ledger ---------------------------------------------------------------------
-def read_ledger(store: Store) -> tuple[dict[str, float], str | None]:
-    """First-seen-orphaned times by key, and the ETag to write the ledger back with."""
-    found = store.read_with_etag(ORPHANS_KEY)
-    if found is None:
-        return {}, None
-    try:
-        orphans = json.loads(found[0]).get("orphans", {})
-        return {str(k): float(v) for k, v in orphans.items()}, found[1]
-    except (ValueError, AttributeError, TypeError):
-        return {}, found[1]  # unreadable: start over (later sightings only delay deletion)
-
-
-def _ledger_bytes(orphans: dict[str, float]) -> bytes:
-    body = {"orphans": dict(sorted(orphans.items()))}
-    return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
-
-
-def forget_orphans(store: Store, keys: set[str], attempts: int = 20) -> None:
-    """Take `keys` off the ledger (they are named again); a compare-and-swap loop."""
-    for _ in range(attempts):
-        ledger, etag = read_ledger(store)
-        back = keys & ledger.keys()
-        if not back:
-            return
-        for key in back:
-            del ledger[key]
-        if store.put_if(ORPHANS_KEY, _ledger_bytes(ledger), etag):
-            return
-        time.sleep(0.02)
-    raise StoreError(f"{ORPHANS_KEY} in {store.describe()} keeps changing; is a prune running in a loop?")
-
-
 # -- what is named -------------------------------------------------------------------------
 def _named(records: Iterable[ProductRecord]) -> set[str]:
     keys = set()
@@ -169,14 +120,13 @@ def _catalog_files(store: Store) -> set[str]:
     found = store.read_with_etag(IMAGES_KEY)
     if found is None:
         return set()
-    images = json.loads(found[0])
+    reading = read_images(found[0])
+    if reading.problems:
+        raise ValueError("; ".join(reading.problems))
     keys = set()
-    for product in images.get("products", {}).values():
-        for version in product.get("versions", {}).values():
-            for item in version.get("items", {}).values():
-                keys.add(item["path"])
-                if item.get("signature"):
-                    keys.add(item["signature"])
+    for image in reading.images:
+        keys |= {image.metadata.path, image.disk.path}
+        keys |= {item.signature for item in (image.metadata, image.disk) if item.signature}
     return keys
 
 
@@ -338,7 +288,7 @@ def prune_store(
 
     if not dry_run and in_catalog is not None:
         orphans = {k: since[k] for k in report.waiting}
-        if orphans != ledger and not store.put_if(ORPHANS_KEY, _ledger_bytes(orphans), ledger_etag):
+        if orphans != ledger and not store.put_if(ORPHANS_KEY, ledger_bytes(orphans), ledger_etag):
             say(f"{ORPHANS_KEY} changed under us (another prune?); new sightings are recorded next time")
 
     for temporary in store.temporaries():

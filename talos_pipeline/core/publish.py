@@ -19,13 +19,13 @@ from .errors import PipelineError, UpstreamError
 from .hashing import ImageDigester, sha256_hex
 from .images import (
     ImageRef,
-    ReleaseFacts,
     release_state_key,
-    signature_key,
 )
+from .media import bundle_key
 from .metadata import metadata_tarball, unified_layout
 from .records import ProductRecord, PublishedFile
-from .store import CHUNK, ObjectMissing, Store
+from .releases import ReleaseFacts
+from .stores import CHUNK, ObjectMissing, Store
 from .upstream import READ_TIMEOUT, FactoryClient, ReleasesClient
 
 Log = Callable[[str], None]
@@ -227,7 +227,7 @@ def load_disk_facts(store: Store, image: ImageRef) -> DiskFacts:
 
 def _signed(store: Store, signer, path: str, sign: Callable[[], bytes]) -> str:
     """The bundle next to `path`: kept when still valid for this signer, else written anew."""
-    key = signature_key(path)
+    key = bundle_key(path)
     try:
         if signer.would_keep(store.read_bytes(key)):
             return key

@@ -1,46 +1,39 @@
-"""Which upstream releases exist, which the factory offers, and which are published here."""
+"""What is known about one Talos release: GitHub's facts, cross-checked with the factory."""
 
 from __future__ import annotations
 
-import pandas as pd
+from dataclasses import dataclass
 
-from .catalog import load_records
-from .settings import Settings
-from .store import open_store
-from .upstream import FactoryClient, ReleasesClient
-from .versions import TalosVersion
+from .errors import UpstreamError
+from .versions import TalosVersion, serial_for
 
 
-def release_rows(settings: Settings) -> list[dict]:
-    releases = ReleasesClient(settings.releases_url, settings.github_token).list_releases().releases
-    offered = set(FactoryClient(settings.factory_url).versions())
-    records, _ = load_records(open_store(settings.store))
-    published: dict[str, list[str]] = {}
-    for record in records:
-        published.setdefault(record.version, []).append(f"{record.arch}/{record.variant}")
-    rows = []
-    for release in releases:
-        tag = release.get("tag_name", "")
-        valid = TalosVersion.is_valid(tag)
-        rows.append(
-            {
-                "version": tag,
-                "published_at": release.get("published_at") or "(draft)",
-                "prerelease": bool(release.get("prerelease")) or (valid and TalosVersion.parse(tag).is_prerelease),
-                "factory": "yes" if tag in offered else "no",
-                "published_here": ", ".join(sorted(published.get(tag, []))) or "-",
-                "note": "" if valid else "not a Talos release tag: ignored",
-            }
+@dataclass(frozen=True)
+class ReleaseFacts:
+    """What GitHub and the factory say about one Talos release."""
+
+    version: str
+    published_at: str
+    prerelease: bool
+    html_url: str = ""
+
+    @property
+    def serial(self) -> str:
+        return serial_for(self.published_at)
+
+    @classmethod
+    def from_github(cls, body: dict) -> ReleaseFacts:
+        """From one object of GitHub's releases API; a draft (no `published_at`) is an error."""
+        tag = body.get("tag_name", "")
+        version = TalosVersion.parse(tag)
+        published_at = body.get("published_at")
+        if not published_at or body.get("draft"):
+            raise UpstreamError(
+                f"Talos {tag} is still a draft release (no published_at); try again once it is published"
+            )
+        return cls(
+            version=version.tag,
+            published_at=published_at,
+            prerelease=bool(body.get("prerelease")) or version.is_prerelease,
+            html_url=body.get("html_url", ""),
         )
-    rows.sort(
-        key=lambda r: TalosVersion.parse(r["version"]).sort_key() if TalosVersion.is_valid(r["version"]) else (0,),
-        reverse=True,
-    )
-    return rows
-
-
-def release_table(settings: Settings | None = None) -> str:
-    rows = release_rows(settings or Settings.from_env())
-    if not rows:
-        return "no releases found"
-    return pd.DataFrame(rows).to_string(index=False)

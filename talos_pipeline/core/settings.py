@@ -1,44 +1,75 @@
-"""Every setting, its environment variable and its default, in one place.
+"""Every setting: its environment variable, its default and its meaning, defined once.
 
-The CLI and `serve/` read settings from the environment through `Settings.from_env`; the
-Dagster resources declare the same variables as `EnvVar` fields (see `defs/resources.py`).
+`SETTINGS` is the table. `Settings.from_env()` reads it for the CLI, `serve/` and the demo
+(the demo builds one with `Settings.from_env(...).replace(...)` instead of touching
+`os.environ`); the Dagster resources bind the same variables as `EnvVar`s through `bound_value`.
+A value that cannot be used is a `ConfigError` that names the variable and says what to use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 from .variants import Variant, parse_arches, parse_variants
 
-DEFAULT_RELEASES_URL = "https://api.github.com/repos/siderolabs/talos/releases"
-DEFAULT_FACTORY_URL = "https://factory.talos.dev"
-DEFAULT_ARCHES = "amd64,arm64"
-DEFAULT_VARIANTS = "nocloud,metal"
-DEFAULT_INCLUDE_PRERELEASES = "false"
-DEFAULT_MIN_VERSION = "v1.10.0"
-SIGNING_MODES = ("sigstore", "key", "none")
-DISK_MODES = ("mirror", "proxy")
+
+class SigningMode(StrEnum):
+    """`TALOS_SIGNING`: keyless Sigstore (ambient OIDC), a PEM key, or no signatures."""
+
+    SIGSTORE = "sigstore"
+    KEY = "key"
+    NONE = "none"
 
 
-def default_store() -> str:
-    """A data directory beside the current directory, so a fresh clone works with no setup."""
-    return str(Path("data/store").resolve())
+class DiskMode(StrEnum):
+    """`TALOS_DISK_MODE`: keep the hashed bytes in the store, or stream them from the factory."""
+
+    MIRROR = "mirror"
+    PROXY = "proxy"
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid: use one of {', '.join(choices)}")
-    return value
+class S3UploadMode(StrEnum):
+    """`TALOS_S3_UPLOAD`: multipart upload while hashing, or spool to a local file first."""
+
+    STREAM = "stream"
+    SPOOL = "spool"
+
+
+Parser = Callable[[str, str], Any]
+E = TypeVar("E", bound=StrEnum)
+
+
+def parse_text(_name: str, value: str) -> str:
+    return value.strip()
+
+
+def parse_optional(_name: str, value: str) -> str | None:
+    return value.strip() or None
+
+
+def parse_url(name: str, value: str) -> str:
+    value = value.strip()
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+def parse_optional_url(name: str, value: str) -> str | None:
+    return parse_url(name, value) if value.strip() else None
 
 
 def parse_bool(name: str, value: str | bool) -> bool:
-    """A boolean setting: true/false, yes/no, on/off, 1/0 (anything else is an error naming it)."""
+    """true/false, yes/no, on/off, 1/0 (anything else is an error naming the setting)."""
     if isinstance(value, bool):
         return value
-    lowered = str(value).strip().lower()
+    lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
     if lowered in ("0", "false", "no", "off", ""):
@@ -46,66 +77,272 @@ def parse_bool(name: str, value: str | bool) -> bool:
     raise ConfigError(f"{name}={value!r} is not valid: use true or false")
 
 
+def parse_positive_int(name: str, value: str) -> int:
+    text = value.strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{name}={value!r} is not valid: use a whole number of at least 1")
+    return int(text)
+
+
+def parse_optional_positive_int(name: str, value: str) -> int | None:
+    return parse_positive_int(name, value) if value.strip() else None
+
+
+def parse_non_negative_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if number < 0 or number != number:
+        raise ConfigError(f"{name}={value!r} is not valid: use a number of seconds, 0 or more")
+    return number
+
+
+def choice(enum: type[E]) -> Callable[[str, str], E]:
+    def parse(name: str, value: str) -> E:
+        try:
+            return enum(value.strip().lower())
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not valid: use one of {', '.join(enum)}") from None
+
+    return parse
+
+
+def parse_store(name: str, value: str) -> str:
+    """`s3://bucket[/prefix]` as given; a directory path made absolute (runs may change directory)."""
+    value = value.strip()
+    if not value:
+        raise ConfigError(f"{name} is empty: give a directory path or s3://bucket[/prefix]")
+    if value.startswith("s3://"):
+        return value
+    if "://" in value:
+        raise ConfigError(f"{name}={value!r}: unsupported scheme; use a directory path or s3://bucket[/prefix]")
+    return str(Path(value).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    """The `Settings` attribute (and the Dagster resource field that binds the same variable)."""
+    env: str
+    default: str
+    """As the environment would spell it; "" means unset."""
+    parse: Parser
+    help: str
+    secret: bool = False
+
+    def value(self, environ: Mapping[str, str]) -> Any:
+        text = environ.get(self.env)
+        return self.parse(self.env, text if text not in (None, "") else self.default)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "store",
+        "TALOS_STORE",
+        "data/store",
+        parse_store,
+        "s3://bucket[/prefix] (boto3; AWS_* variables, AWS_ENDPOINT_URL for R2/MinIO/Ceph) or a directory",
+    ),
+    Setting(
+        "releases_url",
+        "TALOS_RELEASES_URL",
+        "https://api.github.com/repos/siderolabs/talos/releases",
+        parse_url,
+        "GitHub's releases API for siderolabs/talos",
+    ),
+    Setting("factory_url", "TALOS_FACTORY_URL", "https://factory.talos.dev", parse_url, "the Talos Image Factory"),
+    Setting(
+        "github_token",
+        "GITHUB_TOKEN",
+        "",
+        parse_optional,
+        "token for the releases API (60 requests/hour without; 1,000 with the Actions token)",
+        secret=True,
+    ),
+    Setting("arches", "TALOS_ARCHES", "amd64,arm64", parse_text, "architectures each version is published for"),
+    Setting(
+        "variants",
+        "TALOS_VARIANTS",
+        "nocloud,metal",
+        parse_text,
+        "variants; the first is the default; custom: NAME=PLATFORM:SCHEMATIC_ID",
+    ),
+    Setting(
+        "publish_jobs",
+        "TALOS_PUBLISH_JOBS",
+        "4",
+        parse_positive_int,
+        "version×arch partitions a CLI publication runs at once",
+    ),
+    Setting(
+        "signing",
+        "TALOS_SIGNING",
+        SigningMode.NONE,
+        choice(SigningMode),
+        "sigstore (keyless, ambient OIDC), key (TALOS_SIGNING_KEY) or none",
+    ),
+    Setting(
+        "signing_key", "TALOS_SIGNING_KEY", "", parse_optional, "PEM private key (text or path) for key mode", True
+    ),
+    Setting(
+        "signing_key_password",
+        "TALOS_SIGNING_KEY_PASSWORD",
+        "",
+        parse_optional,
+        "password of an encrypted TALOS_SIGNING_KEY",
+        secret=True,
+    ),
+    Setting(
+        "trust_config",
+        "TALOS_SIGSTORE_TRUST_CONFIG",
+        "",
+        parse_optional,
+        "Sigstore ClientTrustConfig JSON of a private instance [public-good production]",
+    ),
+    Setting(
+        "disk_mode",
+        "TALOS_DISK_MODE",
+        DiskMode.MIRROR,
+        choice(DiskMode),
+        "mirror (keep the hashed bytes in the store) or proxy (stream them from the factory)",
+    ),
+    Setting(
+        "public_url",
+        "TALOS_PUBLIC_URL",
+        "",
+        parse_optional_url,
+        "the server's public base URL, for absolute links (Incus-Image-URL)",
+    ),
+    Setting(
+        "verify_reads",
+        "TALOS_VERIFY_READS",
+        "false",
+        parse_bool,
+        "serve/ re-hashes full downloads from the store and cuts off a corrupted one",
+    ),
+    Setting(
+        "include_prereleases",
+        "TALOS_INCLUDE_PRERELEASES",
+        "false",
+        parse_bool,
+        "the release sensor and publish --new also take -alpha/-beta/-rc releases",
+    ),
+    Setting(
+        "min_version",
+        "TALOS_MIN_VERSION",
+        "v1.10.0",
+        parse_text,
+        "oldest release the release sensor and publish --new take",
+    ),
+    Setting(
+        "sensor_interval_seconds",
+        "TALOS_SENSOR_INTERVAL_SECONDS",
+        "",
+        parse_optional_positive_int,
+        "release sensor polling [300 without GITHUB_TOKEN, 60 with]",
+    ),
+    Setting(
+        "prune_keep",
+        "TALOS_PRUNE_KEEP",
+        "",
+        parse_optional_positive_int,
+        "retention: newest N versions of each product line [all]",
+    ),
+    Setting(
+        "prune_keep_per_minor",
+        "TALOS_PRUNE_KEEP_PER_MINOR",
+        "",
+        parse_optional_positive_int,
+        "retention: newest N versions of each minor line [all]",
+    ),
+    Setting(
+        "prune_grace_seconds",
+        "TALOS_PRUNE_GRACE_SECONDS",
+        "3600",
+        parse_non_negative_float,
+        "retention: files are deleted only after this long out of the catalog",
+    ),
+    Setting(
+        "s3_upload",
+        "TALOS_S3_UPLOAD",
+        S3UploadMode.STREAM,
+        choice(S3UploadMode),
+        "stream (multipart while hashing) or spool (local file first)",
+    ),
+    Setting(
+        "s3_part_size_mib", "TALOS_S3_PART_SIZE", "8", parse_positive_int, "S3 multipart part size in MiB (5 or more)"
+    ),
+    Setting("s3_concurrency", "TALOS_S3_CONCURRENCY", "4", parse_positive_int, "S3 parts uploaded at once"),
+)
+SETTING_BY_ENV: dict[str, Setting] = {setting.env: setting for setting in SETTINGS}
+SETTING_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
 @dataclass(frozen=True)
 class Settings:
-    store: str = field(default_factory=default_store)
-    releases_url: str = DEFAULT_RELEASES_URL
-    factory_url: str = DEFAULT_FACTORY_URL
-    github_token: str | None = None
-    arches: str = DEFAULT_ARCHES
-    variants: str = DEFAULT_VARIANTS
-    signing: str = "none"
-    signing_key: str | None = None
-    signing_key_password: str | None = None
-    trust_config: str | None = None
-    disk_mode: str = "mirror"
-    public_url: str | None = None
-    verify_reads: bool = False
-    include_prereleases: bool = False
-    min_version: str = DEFAULT_MIN_VERSION
+    """Parsed, validated values of `SETTINGS` (one attribute per row)."""
 
-    ENV = {
-        "store": "TALOS_STORE",
-        "releases_url": "TALOS_RELEASES_URL",
-        "factory_url": "TALOS_FACTORY_URL",
-        "github_token": "GITHUB_TOKEN",
-        "arches": "TALOS_ARCHES",
-        "variants": "TALOS_VARIANTS",
-        "signing": "TALOS_SIGNING",
-        "signing_key": "TALOS_SIGNING_KEY",
-        "signing_key_password": "TALOS_SIGNING_KEY_PASSWORD",
-        "trust_config": "TALOS_SIGSTORE_TRUST_CONFIG",
-        "disk_mode": "TALOS_DISK_MODE",
-        "public_url": "TALOS_PUBLIC_URL",
-        "verify_reads": "TALOS_VERIFY_READS",
-        "include_prereleases": "TALOS_INCLUDE_PRERELEASES",
-        "min_version": "TALOS_MIN_VERSION",
-    }
-    BOOLEANS = ("verify_reads", "include_prereleases")
+    store: str
+    releases_url: str
+    factory_url: str
+    github_token: str | None
+    arches: str
+    variants: str
+    publish_jobs: int
+    signing: SigningMode
+    signing_key: str | None
+    signing_key_password: str | None
+    trust_config: str | None
+    disk_mode: DiskMode
+    public_url: str | None
+    verify_reads: bool
+    include_prereleases: bool
+    min_version: str
+    sensor_interval_seconds: int | None
+    prune_keep: int | None
+    prune_keep_per_minor: int | None
+    prune_grace_seconds: float
+    s3_upload: S3UploadMode
+    s3_part_size_mib: int
+    s3_concurrency: int
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {attr: environ[var] for attr, var in cls.ENV.items() if environ.get(var)}
-        for attr in cls.BOOLEANS:
-            if attr in values:
-                values[attr] = parse_bool(cls.ENV[attr], str(values[attr]))
-        return cls(**values).validated()
+        return cls(**{setting.name: setting.value(environ) for setting in SETTINGS}).validated()
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from attribute → text (e.g. Dagster resource fields); defaults for the rest."""
+        environ = {SETTING_BY_NAME[name].env: str(value) for name, value in values.items() if value is not None}
+        return cls.from_env(environ)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some values changed (given as text or as parsed values)."""
+        parsed = {
+            name: value if not isinstance(value, str) else SETTING_BY_NAME[name].parse(SETTING_BY_NAME[name].env, value)
+            for name, value in changes.items()
+        }
+        return dataclasses.replace(self, **parsed).validated()
+
+    def as_environ(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings (for child processes)."""
+        environ = {}
+        for setting in SETTINGS:
+            value = getattr(self, setting.name)
+            if value is not None:
+                environ[setting.env] = str(value).lower() if isinstance(value, bool) else str(value)
+        return environ
 
     def validated(self) -> Settings:
         self.variant_list()
         self.arch_list()
-        check_choice("TALOS_SIGNING", self.signing, SIGNING_MODES)
-        check_choice("TALOS_DISK_MODE", self.disk_mode, DISK_MODES)
-        if self.signing == "key" and not self.signing_key:
+        if self.signing is SigningMode.KEY and not self.signing_key:
             raise ConfigError(
                 "TALOS_SIGNING=key needs TALOS_SIGNING_KEY (a PEM private key or its path); "
                 "create one with `talos-pipeline keygen`"
             )
-        for name in ("releases_url", "factory_url"):
-            value = getattr(self, name)
-            if not value.startswith(("http://", "https://")):
-                raise ConfigError(f"{self.ENV[name]}={value!r} is not an http(s) URL")
         return self
 
     def variant_list(self) -> list[Variant]:
@@ -113,3 +350,12 @@ class Settings:
 
     def arch_list(self) -> list[str]:
         return parse_arches(self.arches)
+
+
+def bound_value(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """What a Dagster resource field should hold for setting `name`: the variable's name wrapped
+    by the caller as an `EnvVar` when it is set (resolved at run time, hidden in the UI), else the
+    documented default as text. Returns (env name, default text, is_set)."""
+    environ = os.environ if environ is None else environ
+    setting = SETTING_BY_NAME[name]
+    return setting.env, setting.default, bool(environ.get(setting.env))

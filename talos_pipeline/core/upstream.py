@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import requests
 
 from .errors import UpstreamError
-from .images import ImageRef, ReleaseFacts
-from .versions import TalosVersion
+from .images import ImageRef
+from .releases import ReleaseFacts
 
 USER_AGENT = "talos-pipeline/0.1 (+https://github.com/talos-pipeline)"
 CONNECT_TIMEOUT = 10.0
@@ -179,21 +179,7 @@ class ReleasesClient:
             )
         if response.status_code != 200:
             raise UpstreamError(f"GitHub release {url}: HTTP {response.status_code}: {_short_body(response)}")
-        return release_facts(response.json())
-
-
-def release_facts(body: dict) -> ReleaseFacts:
-    tag = body.get("tag_name", "")
-    version = TalosVersion.parse(tag)
-    published_at = body.get("published_at")
-    if not published_at or body.get("draft"):
-        raise UpstreamError(f"Talos {tag} is still a draft release (no published_at); try again once it is published")
-    return ReleaseFacts(
-        version=version.tag,
-        published_at=published_at,
-        prerelease=bool(body.get("prerelease")) or version.is_prerelease,
-        html_url=body.get("html_url", ""),
-    )
+        return ReleaseFacts.from_github(response.json())
 
 
 class FactoryClient:

@@ -7,7 +7,6 @@ Sigstore bundle verifies against the given identity policy or public key.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +15,8 @@ from .hashing import ImageDigester, sha256_hex
 from .images import IMAGES_KEY, INDEX_KEY
 from .metadata import layout_for, read_metadata_yaml
 from .signing import SigningError, verify_bundle
-from .store import ObjectMissing, Store
+from .simplestreams import CatalogFormatError, CatalogImage, CatalogReading, read_images, read_index_products
+from .stores import ObjectMissing, Store
 
 
 @dataclass(frozen=True)
@@ -55,96 +55,94 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _load_catalog(store: Store) -> dict:
+def load_catalog(store: Store) -> CatalogReading:
+    """The published catalog read back (both documents, checked against each other)."""
     try:
-        index = json.loads(store.read_bytes(INDEX_KEY))
-        images = json.loads(store.read_bytes(IMAGES_KEY))
+        index = store.read_bytes(INDEX_KEY)
+        images = store.read_bytes(IMAGES_KEY)
     except ObjectMissing as exc:
         raise PipelineError(f"{exc}: nothing is published there yet (run `talos-pipeline publish`)") from None
-    except ValueError as exc:
-        raise PipelineError(f"the catalog in {store.describe()} is not valid JSON ({exc})") from None
-    declared = set(index.get("index", {}).get("images", {}).get("products", []))
-    if declared != set(images.get("products", {})):
+    try:
+        declared = read_index_products(index)
+        reading = read_images(images)
+    except CatalogFormatError as exc:
+        raise PipelineError(f"the catalog in {store.describe()} is unusable: {exc}") from None
+    if declared != reading.product_keys:
         raise PipelineError(f"{INDEX_KEY} and {IMAGES_KEY} in {store.describe()} name different products")
-    return images
+    return reading
 
 
 def verify_store(store: Store, policy: VerifyPolicy, log: Callable[[str], None] | None = None) -> VerifyReport:
-    report = VerifyReport()
-    images = _load_catalog(store)
-    for product_key, product in sorted(images["products"].items()):
-        entry = ProductReport(product_key)
-        report.products.append(entry)
-        for serial, version in product["versions"].items():
-            items = {item["ftype"]: item for item in version["items"].values()}
-            meta, disk = items.get("incus.tar.xz"), items.get("disk-kvm.img")
-            if not meta or not disk:
-                entry.problems.append(f"{serial}: missing the incus.tar.xz or disk-kvm.img item")
-                continue
-            if log:
-                log(f"checking {product_key} {serial}")
-            _check_product(store, policy, product, meta, disk, entry)
+    reading = load_catalog(store)
+    report = VerifyReport(problems=list(reading.problems))
+    entries: dict[str, ProductReport] = {}
+    for image in sorted(reading.images, key=lambda i: (i.product, i.serial)):
+        entry = entries.setdefault(image.product, ProductReport(image.product))
+        if log:
+            log(f"checking {image.product} {image.serial}")
+        _check_image(store, policy, image, entry)
+    report.products = list(entries.values())
     return report
 
 
-def _check_product(
-    store: Store, policy: VerifyPolicy, product: dict, meta: dict, disk: dict, entry: ProductReport
-) -> None:
+def _check_image(store: Store, policy: VerifyPolicy, image: CatalogImage, entry: ProductReport) -> None:
+    meta = image.metadata
     try:
-        tarball = store.read_bytes(meta["path"])
+        tarball = store.read_bytes(meta.path)
     except ObjectMissing:
-        entry.problems.append(f"{meta['path']} is missing")
+        entry.problems.append(f"{meta.path} is missing")
         return
-    if len(tarball) != meta["size"] or sha256_hex(tarball) != meta["sha256"]:
-        entry.problems.append(f"{meta['path']}: size or sha256 differs from the catalog")
+    if len(tarball) != meta.size or sha256_hex(tarball) != meta.sha256:
+        entry.problems.append(f"{meta.path}: size or sha256 differs from the catalog")
         return
-    if "talos_upstream_path" in disk:
+    if image.proxied:
         entry.notes.append("disk is proxied from the Image Factory (proxy mode): not re-hashed here")
     else:
-        _check_disk(store, tarball, meta, disk, entry)
-    _check_signatures(store, policy, product, tarball, meta, disk, entry)
+        _check_disk(store, tarball, image, entry)
+    _check_signatures(store, policy, image, tarball, entry)
 
 
-def _check_disk(store: Store, tarball: bytes, meta: dict, disk: dict, entry: ProductReport) -> None:
-    info = store.stat(disk["path"])
+def _check_disk(store: Store, tarball: bytes, image: CatalogImage, entry: ProductReport) -> None:
+    disk = image.disk
+    info = store.stat(disk.path)
     if info is None:
-        entry.problems.append(f"{disk['path']} is missing")
+        entry.problems.append(f"{disk.path} is missing")
         return
-    if info.size != disk["size"]:
-        entry.problems.append(f"{disk['path']}: {info.size} bytes, the catalog says {disk['size']}")
+    if info.size != disk.size:
+        entry.problems.append(f"{disk.path}: {info.size} bytes, the catalog says {disk.size}")
         return
     yaml, mtime = read_metadata_yaml(tarball)
-    layout = layout_for(yaml, mtime, disk["size"])
+    layout = layout_for(yaml, mtime, disk.size)
     digester = ImageDigester(tarball, layout.prefix, lambda size: layout.suffix)
     try:
-        for chunk in store.iter_range(disk["path"]):
+        for chunk in store.iter_range(disk.path):
             digester.update(chunk)
     except BaseException:
         digester.abandon()
         raise
     digests = digester.finish()
-    if digests.sha256 != disk["sha256"]:
-        entry.problems.append(f"{disk['path']}: sha256 {digests.sha256} differs from the catalog's {disk['sha256']}")
-    if digests.fingerprint != meta.get("combined_disk-kvm-img_sha256"):
+    if digests.sha256 != disk.sha256:
+        entry.problems.append(f"{disk.path}: sha256 {digests.sha256} differs from the catalog's {disk.sha256}")
+    if digests.fingerprint != image.fingerprint:
         entry.problems.append("the Incus fingerprint sha256(incus.tar.xz || disk) differs from the catalog's")
-    if "unified_sha256" in disk and digests.unified_sha256 != disk["unified_sha256"]:
+    if digests.unified_sha256 != image.unified_sha256:
         entry.problems.append("the unified tarball's sha256 differs from the catalog's")
     if not entry.problems:
         entry.notes.append(f"fingerprint {digests.fingerprint}")
 
 
 def _check_signatures(
-    store: Store, policy: VerifyPolicy, product: dict, tarball: bytes, meta: dict, disk: dict, entry: ProductReport
+    store: Store, policy: VerifyPolicy, image: CatalogImage, tarball: bytes, entry: ProductReport
 ) -> None:
-    if product.get("talos_signing", "none") == "none" and not meta.get("signature"):
+    if image.signing == "none" and not image.metadata.signature:
         entry.notes.append("unsigned (published with TALOS_SIGNING=none)")
         return
-    for item, artifact in ((meta, tarball), (disk, disk["sha256"])):
-        if not item.get("signature"):
-            entry.problems.append(f"{item['path']}: the catalog names no signature although signing was on")
+    for item, artifact in ((image.metadata, tarball), (image.disk, image.disk.sha256)):
+        if not item.signature:
+            entry.problems.append(f"{item.path}: the catalog names no signature although signing was on")
             continue
         try:
-            bundle = store.read_bytes(item["signature"])
+            bundle = store.read_bytes(item.signature)
             what = verify_bundle(
                 artifact,
                 bundle,
@@ -153,8 +151,8 @@ def _check_signatures(
                 identity_regexp=policy.identity_regexp,
                 oidc_issuer=policy.oidc_issuer,
             )
-            entry.notes.append(f"{item['signature']}: {what}")
+            entry.notes.append(f"{item.signature}: {what}")
         except ObjectMissing:
-            entry.problems.append(f"{item['signature']} is missing")
+            entry.problems.append(f"{item.signature} is missing")
         except SigningError as exc:
-            entry.problems.append(f"{item['signature']}: {exc}")
+            entry.problems.append(f"{item.signature}: {exc}")

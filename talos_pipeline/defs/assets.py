@@ -166,7 +166,7 @@ def talos_disk_image(
             "MB_per_second": dg.MetadataValue.float(
                 round(total_bytes / total_seconds / 1e6, 1) if total_seconds else 0.0
             ),
-            "disk_mode": mode,
+            "disk_mode": str(mode),
         },
         data_version=dg.DataVersion(sha256_hex("".join(r["fingerprint"] for r in rows).encode())),
     )
@@ -217,7 +217,7 @@ def talos_image(
     except PipelineError as exc:
         raise _failure(context, exc) from None
     return dg.MaterializeResult(
-        metadata={"products": _table(rows), "signing": talos_signing.mode},
+        metadata={"products": _table(rows), "signing": str(talos_signing.mode)},
         check_results=[
             dg.AssetCheckResult(
                 check_name=PUBLISHED_CHECK,

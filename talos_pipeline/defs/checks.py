@@ -1,11 +1,10 @@
 """Checks on the published catalog itself."""
 
-import json
-
 import dagster as dg
 
 from talos_pipeline.core.images import IMAGES_KEY
-from talos_pipeline.core.store import ObjectMissing
+from talos_pipeline.core.simplestreams import CatalogFormatError, read_images
+from talos_pipeline.core.stores import ObjectMissing
 
 from .assets import talos_catalog
 from .resources import TalosStore
@@ -17,19 +16,17 @@ from .resources import TalosStore
 def catalog_files_exist(talos_store: TalosStore) -> dg.AssetCheckResult:
     store = talos_store.open()
     try:
-        images = json.loads(store.read_bytes(IMAGES_KEY))
-    except ObjectMissing as exc:
+        reading = read_images(store.read_bytes(IMAGES_KEY))
+    except (ObjectMissing, CatalogFormatError) as exc:
         return dg.AssetCheckResult(passed=False, metadata={"problem": str(exc)})
-    problems, checked = [], 0
-    for product_key, product in images["products"].items():
-        for version in product["versions"].values():
-            for item in version["items"].values():
-                if "talos_upstream_path" in item:
-                    continue
-                checked += 1
-                info = store.stat(item["path"])
-                if info is None or info.size != item["size"]:
-                    problems.append(f"{product_key}: {item['path']} missing or wrong size")
+    problems, checked = list(reading.problems), 0
+    for image in reading.images:
+        items = [image.metadata] + ([] if image.proxied else [image.disk])
+        for item in items:
+            checked += 1
+            info = store.stat(item.path)
+            if info is None or info.size != item.size:
+                problems.append(f"{image.product}: {item.path} missing or wrong size")
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={

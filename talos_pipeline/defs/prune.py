@@ -15,9 +15,9 @@ from talos_pipeline.core.errors import ConfigError, PipelineError
 from talos_pipeline.core.prune import (
     DEFAULT_GRACE_SECONDS,
     RetentionPolicy,
-    prune_config_from_env,
     prune_store,
 )
+from talos_pipeline.core.settings import Settings
 
 from .resources import TalosImages, TalosStore
 
@@ -95,7 +95,9 @@ def prune_job():
 )
 def daily_prune_schedule(context: dg.ScheduleEvaluationContext):
     try:
-        config = prune_config_from_env()
+        policy = RetentionPolicy.from_settings(Settings.from_env())
     except ConfigError as exc:
         return dg.SkipReason(str(exc))
+    config = {"keep": policy.keep, "keep_per_minor": policy.keep_per_minor, "grace_seconds": policy.grace_seconds}
+    config = {name: value for name, value in config.items() if value is not None}
     return dg.RunRequest(run_config={"ops": {"prune_talos_store": {"config": config}}})

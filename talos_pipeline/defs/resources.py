@@ -1,136 +1,129 @@
-"""Dagster resources: the settings of `core.settings`, each an `EnvVar` when it is set.
+"""Dagster resources: the settings of `core/settings.py`, each bound to its environment variable.
 
-An unset `EnvVar` is an error in Dagster, so `env_or` binds the variable only when the
+An unset `EnvVar` is an error in Dagster, so `bound` binds the variable only when the
 environment of the loading process has it and the documented default otherwise; the value is
-still resolved by Dagster at run time and stays hidden in the UI.
+still resolved by Dagster at run time and stays hidden in the UI. Every resource turns its
+fields back into `Settings` through the same table, so parsing and validation live in one place.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 
 from talos_pipeline.core.discovery import DiscoveryPolicy
-from talos_pipeline.core.settings import (
-    DEFAULT_ARCHES,
-    DEFAULT_FACTORY_URL,
-    DEFAULT_INCLUDE_PRERELEASES,
-    DEFAULT_MIN_VERSION,
-    DEFAULT_RELEASES_URL,
-    DEFAULT_VARIANTS,
-    DISK_MODES,
-    SIGNING_MODES,
-    check_choice,
-    default_store,
-)
-from talos_pipeline.core.signing import Signer, make_signer
-from talos_pipeline.core.store import Store, open_store
+from talos_pipeline.core.settings import SETTING_BY_NAME, DiskMode, Settings, SigningMode
+from talos_pipeline.core.signing import Signer, signer_for
+from talos_pipeline.core.stores import Store, open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
-from talos_pipeline.core.variants import Variant, parse_arches, parse_variants
+from talos_pipeline.core.variants import Variant
+
+Log = Callable[[str], None]
 
 
-def env_or(name: str, default: Any) -> Any:
-    return dg.EnvVar(name) if os.environ.get(name) else default
+def bound(name: str) -> Any:
+    """The value a resource field is bound to for setting `name` (see the module docstring)."""
+    setting = SETTING_BY_NAME[name]
+    if os.environ.get(setting.env):
+        return dg.EnvVar(setting.env)
+    return str(setting.value({})) if setting.default else None
 
 
-class TalosStore(dg.ConfigurableResource):
+class _SettingsResource(dg.ConfigurableResource):
+    """A resource whose fields are rows of the settings table (same names)."""
+
+    def settings(self) -> Settings:
+        return Settings.from_values({name: getattr(self, name) for name in type(self).model_fields})
+
+
+class TalosStore(_SettingsResource):
     """Where images and the catalog are published (`TALOS_STORE`: a directory or s3://bucket/prefix)."""
 
-    location: str
+    store: str
 
     def open(self) -> Store:
-        store = open_store(self.location)
+        store = open_store(self.store, self.settings())
         store.check_ready()
         return store
 
 
-class TalosUpstream(dg.ConfigurableResource):
+class TalosUpstream(_SettingsResource):
     """GitHub's releases API and the Talos Image Factory."""
 
-    releases_url: str = DEFAULT_RELEASES_URL
-    factory_url: str = DEFAULT_FACTORY_URL
+    releases_url: str | None = None
+    factory_url: str | None = None
     github_token: str | None = None
 
-    def releases(self, log=None) -> ReleasesClient:
-        return ReleasesClient(self.releases_url, self.github_token, log=log)
+    def releases(self, log: Log | None = None) -> ReleasesClient:
+        settings = self.settings()
+        return ReleasesClient(settings.releases_url, settings.github_token, log=log)
 
-    def factory(self, log=None) -> FactoryClient:
-        return FactoryClient(self.factory_url, log=log)
+    def factory(self, log: Log | None = None) -> FactoryClient:
+        return FactoryClient(self.settings().factory_url, log=log)
 
 
-class TalosDiscovery(dg.ConfigurableResource):
-    """Which upstream releases the release sensor publishes (see `core.discovery`)."""
+class TalosDiscovery(_SettingsResource):
+    """Which upstream releases the release sensor publishes (see `core/discovery.py`)."""
 
-    include_prereleases: str = DEFAULT_INCLUDE_PRERELEASES
-    min_version: str = DEFAULT_MIN_VERSION
+    include_prereleases: str | None = None
+    min_version: str | None = None
 
     def policy(self) -> DiscoveryPolicy:
-        return DiscoveryPolicy.from_settings(self.include_prereleases, self.min_version)
+        return DiscoveryPolicy.from_settings(self.settings())
 
 
-class TalosImages(dg.ConfigurableResource):
+class TalosImages(_SettingsResource):
     """Which images each partition produces, and whether disks are mirrored or proxied."""
 
-    arches: str = DEFAULT_ARCHES
-    variants: str = DEFAULT_VARIANTS
-    disk_mode: str = "mirror"
+    arches: str | None = None
+    variants: str | None = None
+    disk_mode: str | None = None
 
     def variant_list(self) -> list[Variant]:
-        return parse_variants(self.variants)
+        return self.settings().variant_list()
 
     def arch_list(self) -> list[str]:
-        return parse_arches(self.arches)
+        return self.settings().arch_list()
 
-    def checked_disk_mode(self) -> str:
-        return check_choice("TALOS_DISK_MODE", self.disk_mode, DISK_MODES)
+    def checked_disk_mode(self) -> DiskMode:
+        return self.settings().disk_mode
 
 
-class TalosSigning(dg.ConfigurableResource):
+class TalosSigning(_SettingsResource):
     """Sigstore keyless, key mode, or none; one signer (one Fulcio certificate) per run."""
 
-    mode: str = "none"
-    key: str | None = None
-    key_password: str | None = None
+    signing: str | None = None
+    signing_key: str | None = None
+    signing_key_password: str | None = None
     trust_config: str | None = None
     _signer: Signer | None = PrivateAttr(default=None)
 
+    @property
+    def mode(self) -> SigningMode:
+        return self.settings().signing
+
     def signer(self) -> Signer:
         if self._signer is None:
-            check_choice("TALOS_SIGNING", self.mode, SIGNING_MODES)
-            self._signer = make_signer(
-                self.mode, key=self.key, key_password=self.key_password, trust_config_path=self.trust_config
-            )
+            self._signer = signer_for(self.settings())
         return self._signer
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._signer is not None and hasattr(self._signer, "close"):
+        if self._signer is not None:
             self._signer.close()
 
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    def fields(*names: str) -> dict[str, Any]:
+        return {name: bound(name) for name in names}
+
     return {
-        "talos_store": TalosStore(location=env_or("TALOS_STORE", default_store())),
-        "talos_upstream": TalosUpstream(
-            releases_url=env_or("TALOS_RELEASES_URL", DEFAULT_RELEASES_URL),
-            factory_url=env_or("TALOS_FACTORY_URL", DEFAULT_FACTORY_URL),
-            github_token=env_or("GITHUB_TOKEN", None),
-        ),
-        "talos_discovery": TalosDiscovery(
-            include_prereleases=env_or("TALOS_INCLUDE_PRERELEASES", DEFAULT_INCLUDE_PRERELEASES),
-            min_version=env_or("TALOS_MIN_VERSION", DEFAULT_MIN_VERSION),
-        ),
-        "talos_images": TalosImages(
-            arches=env_or("TALOS_ARCHES", DEFAULT_ARCHES),
-            variants=env_or("TALOS_VARIANTS", DEFAULT_VARIANTS),
-            disk_mode=env_or("TALOS_DISK_MODE", "mirror"),
-        ),
-        "talos_signing": TalosSigning(
-            mode=env_or("TALOS_SIGNING", "none"),
-            key=env_or("TALOS_SIGNING_KEY", None),
-            key_password=env_or("TALOS_SIGNING_KEY_PASSWORD", None),
-            trust_config=env_or("TALOS_SIGSTORE_TRUST_CONFIG", None),
-        ),
+        "talos_store": TalosStore(**fields("store")),
+        "talos_upstream": TalosUpstream(**fields("releases_url", "factory_url", "github_token")),
+        "talos_discovery": TalosDiscovery(**fields("include_prereleases", "min_version")),
+        "talos_images": TalosImages(**fields("arches", "variants", "disk_mode")),
+        "talos_signing": TalosSigning(**fields("signing", "signing_key", "signing_key_password", "trust_config")),
     }

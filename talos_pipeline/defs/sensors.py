@@ -14,7 +14,6 @@ Sensors decide; the heavy work (downloads) happens in runs.
 """
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,10 +23,11 @@ import dagster as dg
 from pydantic import Field
 
 from talos_pipeline.core.catalog import load_records
-from talos_pipeline.core.discovery import budget_note, discover, recheck_records, sensor_interval_seconds
+from talos_pipeline.core.discovery import budget_note, discover, sensor_interval_seconds
+from talos_pipeline.core.drift import recheck_records
 from talos_pipeline.core.errors import PipelineError, UpstreamError
 from talos_pipeline.core.hashing import sha256_hex
-from talos_pipeline.core.settings import DISK_MODES
+from talos_pipeline.core.settings import DiskMode, Settings
 from talos_pipeline.core.upstream import RateLimited
 
 from .assets import per_image_assets, talos_catalog
@@ -151,9 +151,9 @@ def release_sensor_tick(
 def build_release_sensor(environ: Mapping[str, str] | None = None) -> dg.SensorDefinition:
     """The release sensor; its interval comes from the environment when the definitions load
     (`TALOS_SENSOR_INTERVAL_SECONDS`, else 60 s with `GITHUB_TOKEN` and 300 s without)."""
-    environ = os.environ if environ is None else environ
-    interval = sensor_interval_seconds(environ)
-    note = budget_note(interval, bool(environ.get("GITHUB_TOKEN")))
+    settings = Settings.from_env(environ)
+    interval = sensor_interval_seconds(settings)
+    note = budget_note(interval, bool(settings.github_token))
     return dg.sensor(
         name=RELEASE_SENSOR,
         job=publish_images_job,
@@ -266,9 +266,9 @@ def talos_upstream_drift(
     """Re-downloads and hashes the images the catalog serves in proxy mode (they stream from the
     factory, whose builds are not reproducible) and compares them with the published sha256.
     Drifted partitions are listed in `republish`; `talos_drift_republish_sensor` re-publishes them."""
-    unknown = [m for m in config.modes if m not in DISK_MODES]
+    unknown = [m for m in config.modes if m not in set(DiskMode)]
     if unknown:
-        raise dg.Failure(f"unknown disk mode {', '.join(map(repr, unknown))} in modes: use {' or '.join(DISK_MODES)}")
+        raise dg.Failure(f"unknown disk mode {', '.join(map(repr, unknown))} in modes: use {' or '.join(DiskMode)}")
     try:
         records, problems = load_records(talos_store.open())
         selected = [r for r in records if not config.versions or r.version in config.versions]

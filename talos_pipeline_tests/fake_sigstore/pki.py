@@ -95,9 +95,7 @@ class FakePKI:
 
     name: str = "talos-fake-sigstore"
     cert_lifetime: timedelta = timedelta(minutes=10)
-    not_before: datetime = field(
-        default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    )
+    not_before: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(days=1))
 
     def __post_init__(self) -> None:
         self.root_key = ec.generate_private_key(ec.SECP384R1())

@@ -5,7 +5,7 @@
 `https://<account>.r2.cloudflarestorage.com`, and `AWS_DEFAULT_REGION=auto` for R2) or an AWS
 profile. Tuning knobs, rarely needed: `TALOS_S3_PART_SIZE` (MiB per multipart part, default 8,
 at least 5), `TALOS_S3_CONCURRENCY` (parts in flight per upload, default 4) and
-`TALOS_S3_UPLOAD` (`stream`, the default, or `spool`; see below).
+`TALOS_S3_UPLOAD` (`stream`, the default, or `spool`; see `s3_uploads.py`).
 
 How each operation maps onto the S3 API:
 
@@ -48,12 +48,9 @@ import base64
 import hashlib
 import os
 import re
-import tempfile
 import threading
-import time
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -68,17 +65,11 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from .errors import ConfigError, StoreError
-from .store import (
-    CHUNK,
-    ObjectInfo,
-    ObjectMissing,
-    Store,
-    Temporary,
-    Upload,
-    check_key,
-    content_type_for,
-)
+from ..errors import ConfigError, StoreError
+from ..media import content_type_for
+from ..settings import S3UploadMode
+from .base import CHUNK, ObjectInfo, ObjectMissing, Store, Temporary, Upload, check_key
+from .s3_uploads import STAGING, S3SpoolUpload, S3StreamUpload
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MIB
@@ -87,9 +78,7 @@ MAX_PARTS = 10_000
 DEFAULT_CONCURRENCY = 4
 COPY_OBJECT_LIMIT = 5 * 1024 * MIB  # CopyObject's limit; above it the copy is multipart
 COPY_PART_SIZE = 512 * MIB
-STAGING = ".staging"
 UPLOAD_MARK = "#upload="
-UPLOAD_MODES = ("stream", "spool")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409", "404"}
@@ -139,16 +128,6 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a whole number") from None
-
-
 class S3Store(Store):
     list_page_size = 1000
 
@@ -157,12 +136,14 @@ class S3Store(Store):
         bucket: str,
         prefix: str = "",
         *,
-        part_size: int | None = None,
-        concurrency: int | None = None,
+        part_size_mib: int = DEFAULT_PART_SIZE // MIB,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        upload_mode: S3UploadMode = S3UploadMode.STREAM,
         copy_limit: int = COPY_OBJECT_LIMIT,
         copy_part_size: int = COPY_PART_SIZE,
-        upload_mode: str | None = None,
+        part_size: int | None = None,
     ) -> None:
+        """`part_size` (bytes) overrides `part_size_mib` (tests use parts below S3's minimum on moto)."""
         if not _BUCKET.match(bucket or "") or ".." in bucket:
             raise ConfigError(
                 f"TALOS_STORE=s3://{bucket}: {bucket!r} is not a valid bucket name "
@@ -178,15 +159,13 @@ class S3Store(Store):
                 ) from None
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
-        self.part_size = part_size or _env_int("TALOS_S3_PART_SIZE", DEFAULT_PART_SIZE // MIB) * MIB
-        self.concurrency = concurrency or _env_int("TALOS_S3_CONCURRENCY", DEFAULT_CONCURRENCY)
-        if self.part_size < MIN_PART_SIZE:
-            raise ConfigError(f"TALOS_S3_PART_SIZE={self.part_size // MIB}: S3 needs parts of at least 5 MiB")
+        self.part_size = part_size or part_size_mib * MIB
+        self.concurrency = concurrency
+        if part_size is None and self.part_size < MIN_PART_SIZE:
+            raise ConfigError(f"TALOS_S3_PART_SIZE={part_size_mib}: S3 needs parts of at least 5 MiB")
         if self.concurrency < 1:
             raise ConfigError(f"TALOS_S3_CONCURRENCY={self.concurrency}: needs at least 1")
-        self.upload_mode = upload_mode or os.environ.get("TALOS_S3_UPLOAD") or "stream"
-        if self.upload_mode not in UPLOAD_MODES:
-            raise ConfigError(f"TALOS_S3_UPLOAD={self.upload_mode!r} is not valid: use stream or spool")
+        self.upload_mode = S3UploadMode(upload_mode)
         self.copy_limit = copy_limit
         self.copy_part_size = copy_part_size
         self.s3 = _client("io", pool=max(10, 2 * self.concurrency + 4))
@@ -213,10 +192,10 @@ class S3Store(Store):
     def describe(self) -> str:
         return f"{self.url} (endpoint {self.endpoint})"
 
-    def _raw(self, key: str) -> str:
+    def raw_key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def _error(self, action: str, key: str, exc: Exception) -> StoreError:
+    def failure(self, action: str, key: str, exc: Exception) -> StoreError:
         if isinstance(exc, ClientError):
             code, status = _code(exc), _status(exc)
             if code == "NoSuchBucket":
@@ -272,26 +251,26 @@ class S3Store(Store):
     # -- reads --------------------------------------------------------------------------------
     def stat(self, key: str) -> ObjectInfo | None:
         try:
-            head = self.s3.head_object(Bucket=self.bucket, Key=self._raw(key))
+            head = self.s3.head_object(Bucket=self.bucket, Key=self.raw_key(key))
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in _MISSING_CODES:
                 return None
-            raise self._error("HeadObject", key, exc) from None
+            raise self.failure("HeadObject", key, exc) from None
         except BotoCoreError as exc:
-            raise self._error("HeadObject", key, exc) from None
+            raise self.failure("HeadObject", key, exc) from None
         return ObjectInfo(size=head["ContentLength"], etag=head["ETag"], modified=head["LastModified"].timestamp())
 
     def _get(self, key: str, **kwargs) -> dict | None:
         try:
-            return self.s3.get_object(Bucket=self.bucket, Key=self._raw(key), **kwargs)
+            return self.s3.get_object(Bucket=self.bucket, Key=self.raw_key(key), **kwargs)
         except ClientError as exc:
             if _code(exc) in _MISSING_CODES or _status(exc) == 404:
                 return None
             if _code(exc) == "InvalidRange" or _status(exc) == 416:
                 return {}
-            raise self._error("GetObject", key, exc) from None
+            raise self.failure("GetObject", key, exc) from None
         except BotoCoreError as exc:
-            raise self._error("GetObject", key, exc) from None
+            raise self.failure("GetObject", key, exc) from None
 
     def _missing(self, key: str) -> ObjectMissing:
         return ObjectMissing(f"{key} is not in the store at {self.url}")
@@ -310,11 +289,11 @@ class S3Store(Store):
             with response["Body"] as body:
                 return body.read(), response["ETag"]
         except BotoCoreError as exc:  # the connection broke mid-body
-            raise self._error("GetObject", key, exc) from None
+            raise self.failure("GetObject", key, exc) from None
 
     def iter_range(self, key: str, start: int = 0, end: int | None = None, chunk_size: int = CHUNK) -> Iterator[bytes]:
         if end is not None and end <= start:
-            self._raw(key)
+            self.raw_key(key)
             return
         kwargs = {}
         if start > 0 or end is not None:
@@ -329,7 +308,7 @@ class S3Store(Store):
             while chunk := body.read(chunk_size):
                 yield chunk
         except BotoCoreError as exc:
-            raise self._error("GetObject", key, exc) from None
+            raise self.failure("GetObject", key, exc) from None
         finally:
             body.close()
 
@@ -347,7 +326,7 @@ class S3Store(Store):
                         continue
                     infos[key] = ObjectInfo(entry["Size"], entry["ETag"], entry["LastModified"].timestamp())
         except (ClientError, BotoCoreError) as exc:
-            raise self._error("ListObjectsV2", prefix or "/", exc) from None
+            raise self.failure("ListObjectsV2", prefix or "/", exc) from None
         return dict(sorted(infos.items()))
 
     def list_keys(self, prefix: str) -> list[str]:
@@ -357,13 +336,13 @@ class S3Store(Store):
     def _holds(self, key: str, data: bytes, sha_b64: str) -> bool:
         """Does the object already hold exactly `data`? (checksum, else MD5 ETag, else the bytes)"""
         try:
-            head = self.s3.head_object(Bucket=self.bucket, Key=self._raw(key), ChecksumMode="ENABLED")
+            head = self.s3.head_object(Bucket=self.bucket, Key=self.raw_key(key), ChecksumMode="ENABLED")
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in _MISSING_CODES:
                 return False
-            raise self._error("HeadObject", key, exc) from None
+            raise self.failure("HeadObject", key, exc) from None
         except BotoCoreError as exc:
-            raise self._error("HeadObject", key, exc) from None
+            raise self.failure("HeadObject", key, exc) from None
         if head["ContentLength"] != len(data):
             return False
         if head.get("ChecksumSHA256") and "-" not in head["ChecksumSHA256"]:
@@ -377,7 +356,7 @@ class S3Store(Store):
     def _put(self, key: str, data: bytes | bytearray, **conditions) -> dict:
         return self.s3.put_object(
             Bucket=self.bucket,
-            Key=self._raw(key),
+            Key=self.raw_key(key),
             Body=data,
             ContentType=content_type_for(key),
             ChecksumAlgorithm="SHA256",
@@ -391,7 +370,7 @@ class S3Store(Store):
         try:
             self._put(key, data)
         except (ClientError, BotoCoreError) as exc:
-            raise self._error("PutObject", key, exc) from None
+            raise self.failure("PutObject", key, exc) from None
 
     def put_if(self, key: str, data: bytes, etag: str | None) -> bool:
         conditions = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
@@ -400,22 +379,22 @@ class S3Store(Store):
         except ClientError as exc:
             if _code(exc) in _CONFLICT_CODES or _status(exc) in (409, 412) or (etag and _status(exc) == 404):
                 return False
-            raise self._error("conditional PutObject", key, exc) from None
+            raise self.failure("conditional PutObject", key, exc) from None
         except BotoCoreError as exc:
-            raise self._error("conditional PutObject", key, exc) from None
+            raise self.failure("conditional PutObject", key, exc) from None
         return True
 
     def upload(self) -> Upload:
-        return _S3SpoolUpload(self) if self.upload_mode == "spool" else _S3Upload(self)
+        return S3SpoolUpload(self) if self.upload_mode is S3UploadMode.SPOOL else S3StreamUpload(self)
 
     def delete(self, key: str) -> None:
         try:
-            self.s3.delete_object(Bucket=self.bucket, Key=self._raw(key))
+            self.s3.delete_object(Bucket=self.bucket, Key=self.raw_key(key))
         except (ClientError, BotoCoreError) as exc:
-            raise self._error("DeleteObject", key, exc) from None
+            raise self.failure("DeleteObject", key, exc) from None
 
     def delete_many(self, keys: list[str]) -> None:
-        raw = [self._raw(k) for k in keys]
+        raw = [self.raw_key(k) for k in keys]
         for start in range(0, len(raw), 1000):
             batch = raw[start : start + 1000]
             try:
@@ -423,7 +402,7 @@ class S3Store(Store):
                     Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
                 )
             except (ClientError, BotoCoreError) as exc:
-                raise self._error("DeleteObjects", f"{len(batch)} keys", exc) from None
+                raise self.failure("DeleteObjects", f"{len(batch)} keys", exc) from None
             errors = answer.get("Errors") or []
             if errors:
                 first = errors[0]
@@ -432,13 +411,13 @@ class S3Store(Store):
                     f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}"
                 )
 
-    def _copy(self, source: str, key: str, size: int, sha256: str | None) -> None:
+    def copy_within(self, source: str, key: str, size: int, sha256: str | None) -> None:
         """Server-side copy of the raw staging key `source` to `key` (one request up to 5 GiB).
 
         The copy asks for a full-object SHA-256: stored with the object (and checked by boto3 on
         every whole-object GET), and compared with `sha256` when the caller gives it.
         """
-        target = self._raw(key)
+        target = self.raw_key(key)
         if size <= self.copy_limit:
             answer = self.s3.copy_object(
                 Bucket=self.bucket,
@@ -524,7 +503,7 @@ class S3Store(Store):
                     name = f"{upload['Key'][len(self.prefix) :]}{UPLOAD_MARK}{upload['UploadId']}"
                     found.append(Temporary(name, modified, size))
         except (ClientError, BotoCoreError) as exc:
-            raise self._error("listing of staging uploads", STAGING, exc) from None
+            raise self.failure("listing of staging uploads", STAGING, exc) from None
         return sorted(found, key=lambda t: t.name)
 
     def remove_temporary(self, temporary: Temporary) -> None:
@@ -538,239 +517,6 @@ class S3Store(Store):
                 self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + name)
         except ClientError as exc:
             if _code(exc) not in ("NoSuchUpload", "NoSuchKey") and _status(exc) != 404:
-                raise self._error("removal", temporary.name, exc) from None
+                raise self.failure("removal", temporary.name, exc) from None
         except BotoCoreError as exc:
-            raise self._error("removal", temporary.name, exc) from None
-
-
-class _S3Upload(Upload):
-    """A disk on its way in: equal parts to a staging multipart upload, copied to its key on commit."""
-
-    def __init__(self, store: S3Store) -> None:
-        self._store = store
-        self._s3 = store.s3
-        self._staging = f"{store.prefix}{STAGING}/{int(time.time())}-{uuid.uuid4().hex}"
-        self._part_size = store.part_size
-        self._buffer = bytearray()
-        self._size = 0
-        self._upload_id: str | None = None
-        self._futures: list[Future] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._slots = threading.BoundedSemaphore(store.concurrency)
-        self._state = "open"  # → "committed" | "aborted"
-        self._staged = False  # the staging object exists (multipart upload completed)
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def write(self, chunk: bytes) -> None:
-        if self._state != "open":
-            raise StoreError(f"upload to {self._store.url} is already {self._state}")
-        self._raise_failed()
-        self._size += len(chunk)
-        view = memoryview(chunk)
-        while view:
-            room = self._part_size - len(self._buffer)
-            self._buffer += view[:room]
-            view = view[room:]
-            if len(self._buffer) == self._part_size:
-                self._send()
-
-    def _raise_failed(self) -> None:
-        for future in self._futures:
-            if future.done() and future.exception() is not None:
-                raise self._store._error("UploadPart", self._staging, future.exception())
-
-    def _send(self) -> None:
-        data, self._buffer = self._buffer, bytearray()
-        if self._upload_id is None:
-            try:
-                self._upload_id = self._s3.create_multipart_upload(
-                    Bucket=self._store.bucket,
-                    Key=self._staging,
-                    ContentType="application/octet-stream",
-                    ChecksumAlgorithm="SHA256",
-                )["UploadId"]
-            except (ClientError, BotoCoreError) as exc:
-                raise self._store._error("CreateMultipartUpload", self._staging, exc) from None
-            self._pool = ThreadPoolExecutor(max_workers=self._store.concurrency, thread_name_prefix="s3-part")
-        self._slots.acquire()  # at most `concurrency` parts in memory besides the one filling
-        try:
-            future = self._pool.submit(self._upload_part, len(self._futures) + 1, data)
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(lambda _: self._slots.release())
-        self._futures.append(future)
-
-    def _upload_part(self, number: int, data: bytearray) -> dict:
-        answer = self._s3.upload_part(
-            Bucket=self._store.bucket,
-            Key=self._staging,
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=data,
-            ChecksumAlgorithm="SHA256",
-        )
-        part = {"PartNumber": number, "ETag": answer["ETag"]}
-        if answer.get("ChecksumSHA256"):
-            part["ChecksumSHA256"] = answer["ChecksumSHA256"]
-        return part
-
-    def commit(self, key: str, *, sha256: str | None = None) -> None:
-        if self._state != "open":
-            raise StoreError(f"upload to {self._store.url} is already {self._state}")
-        check_key(key)
-        try:
-            if self._upload_id is None:  # smaller than one part: one PutObject, no staging
-                data, self._buffer = bytes(self._buffer), bytearray()
-                if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-                    raise StoreError(f"{key}: the bytes written do not hash to {sha256}")
-                self._store.put_bytes(key, data)
-                self._state = "committed"
-                return
-            if self._buffer:
-                self._send()
-            wait(self._futures)
-            self._raise_failed()
-            parts = [f.result() for f in self._futures]
-            existing = self._store.stat(key)
-            if existing is not None and existing.size == self._size:
-                self.abort()  # the same content is already there: a path never changes content
-                return
-            try:
-                self._s3.complete_multipart_upload(
-                    Bucket=self._store.bucket,
-                    Key=self._staging,
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": parts},
-                )
-                self._staged = True
-                self._store._copy(self._staging, key, self._size, sha256)
-            except (ClientError, BotoCoreError) as exc:
-                raise self._store._error("publication (complete + copy)", key, exc) from None
-            self._state = "committed"
-            self._cleanup()
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        if self._state == "aborted":
-            return
-        committed = self._state == "committed"
-        self._state = "aborted"
-        self._buffer = bytearray()
-        if committed:
-            return
-        for future in self._futures:
-            future.cancel()
-        wait(self._futures)
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        """Remove the staging multipart upload or object; best effort (prune collects the rest)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        try:
-            if self._upload_id is not None and not self._staged:
-                self._s3.abort_multipart_upload(Bucket=self._store.bucket, Key=self._staging, UploadId=self._upload_id)
-            if self._staged:
-                self._s3.delete_object(Bucket=self._store.bucket, Key=self._staging)
-        except (ClientError, BotoCoreError):
-            pass
-        self._upload_id = None
-        self._staged = False
-
-
-class _S3SpoolUpload(Upload):
-    """`TALOS_S3_UPLOAD=spool`: an unlinked local file, then parallel parts straight to the key."""
-
-    def __init__(self, store: S3Store) -> None:
-        self._store = store
-        self._s3 = store.s3
-        self._file = tempfile.TemporaryFile(prefix="talos-upload-")  # gone with the process
-        self._size = 0
-        self._state = "open"
-        self._upload_id: str | None = None
-        self._target: str | None = None
-
-    def write(self, chunk: bytes) -> None:
-        if self._state != "open":
-            raise StoreError(f"upload to {self._store.url} is already {self._state}")
-        self._file.write(chunk)
-        self._size += len(chunk)
-
-    def commit(self, key: str, *, sha256: str | None = None) -> None:
-        if self._state != "open":
-            raise StoreError(f"upload to {self._store.url} is already {self._state}")
-        check_key(key)
-        try:
-            self._file.flush()
-            existing = self._store.stat(key)
-            if existing is not None and existing.size == self._size:
-                self.abort()
-                return
-            if self._size <= self._store.part_size:
-                data = os.pread(self._file.fileno(), self._size, 0)
-                if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-                    raise StoreError(f"{key}: the bytes written do not hash to {sha256}")
-                self._store.put_bytes(key, data)
-            else:
-                self._multipart(key)
-            self._state = "committed"
-            self._file.close()
-        except BaseException:
-            self.abort()
-            raise
-
-    def _multipart(self, key: str) -> None:
-        store, fd, part_size = self._store, self._file.fileno(), self._store.part_size
-        self._target = store._raw(key)
-        try:
-            self._upload_id = self._s3.create_multipart_upload(
-                Bucket=store.bucket, Key=self._target, ContentType=content_type_for(key), ChecksumAlgorithm="SHA256"
-            )["UploadId"]
-
-            def upload_part(number: int, offset: int) -> dict:
-                answer = self._s3.upload_part(
-                    Bucket=store.bucket,
-                    Key=self._target,
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    Body=os.pread(fd, part_size, offset),
-                    ChecksumAlgorithm="SHA256",
-                )
-                part = {"PartNumber": number, "ETag": answer["ETag"]}
-                if answer.get("ChecksumSHA256"):
-                    part["ChecksumSHA256"] = answer["ChecksumSHA256"]
-                return part
-
-            pool = ThreadPoolExecutor(max_workers=store.concurrency, thread_name_prefix="s3-part")
-            try:
-                futures = [
-                    pool.submit(upload_part, i + 1, offset) for i, offset in enumerate(range(0, self._size, part_size))
-                ]
-                parts = [f.result() for f in futures]
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            self._s3.complete_multipart_upload(
-                Bucket=store.bucket, Key=self._target, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
-            )
-            self._upload_id = None
-        except (ClientError, BotoCoreError) as exc:
-            raise store._error("multipart upload", key, exc) from None
-
-    def abort(self) -> None:
-        if self._state != "open":
-            return
-        self._state = "aborted"
-        self._file.close()
-        if self._upload_id is not None:
-            try:
-                self._s3.abort_multipart_upload(Bucket=self._store.bucket, Key=self._target, UploadId=self._upload_id)
-            except (ClientError, BotoCoreError):
-                pass
-            self._upload_id = None
+            raise self.failure("removal", temporary.name, exc) from None

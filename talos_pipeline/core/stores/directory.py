@@ -1,172 +1,21 @@
-"""Where published objects live: the `Store` interface and its local-directory implementation.
+"""The directory store: a local tree whose layout is itself a static simplestreams tree.
 
-Keys are relative POSIX paths checked by `check_key`; nothing outside the store root can be
-named. Writes are atomic (a reader sees the old object or the new one, never part of one) and
-idempotent (writing the same bytes again changes nothing).
-
-Besides plain reads and writes, a store offers what concurrent runs and retention need:
-
-* `read_with_etag` + `put_if`: a compare-and-swap on one object (the catalog is published with
-  it, see `catalog.py`). The directory store serialises it with an `fcntl` lock on `.lock` in
-  the store root; the S3 store uses conditional PutObject (`If-Match` / `If-None-Match: *`).
-* `list_info`: keys with size, ETag and modification time, in one listing.
-* `temporaries` / `remove_temporary`: leftovers of interrupted writes (upload staging areas,
-  unfinished multipart uploads), invisible to readers, collected by `talos-pipeline prune`.
-
-The S3 implementation is `s3store.S3Store`.
+Writes go to a temporary file beside the target and are renamed over it (atomic); the catalog's
+compare-and-swap takes an `fcntl` lock on `.lock` in the store root. Every write makes a new
+inode, so inode, size and mtime together serve as the ETag.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import re
 import tempfile
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, StoreError
-
-CHUNK = 1024 * 1024
-_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:+-]*(/[A-Za-z0-9_][A-Za-z0-9._:+-]*)*$")
-_CONTENT_TYPES = (
-    (".sigstore.json", "application/vnd.dev.sigstore.bundle.v0.3+json"),
-    (".json", "application/json"),
-    (".tar.xz", "application/x-xz"),
-    (".qcow2", "application/x-qemu-disk"),
-    (".tar", "application/x-tar"),
-)
-
-
-class ObjectMissing(StoreError):
-    """The key names no object."""
-
-
-def check_key(key: str) -> str:
-    """Refuse anything that is not a plain relative path (no `..`, no leading `/`, no oddities)."""
-    if not isinstance(key, str) or not _KEY.match(key) or ".." in key.split("/"):
-        raise StoreError(f"invalid store key {key!r}")
-    return key
-
-
-def content_type_for(key: str) -> str:
-    for suffix, content_type in _CONTENT_TYPES:
-        if key.endswith(suffix):
-            return content_type
-    return "application/octet-stream"
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    size: int
-    etag: str
-    modified: float | None = None
-    """Last modification, seconds since the epoch (when the store reports it)."""
-
-
-@dataclass(frozen=True)
-class Temporary:
-    """A leftover of an interrupted write (an upload staging object, an unfinished multipart upload).
-
-    Readers never see one; `talos-pipeline prune` removes those older than its grace period.
-    """
-
-    name: str
-    modified: float
-    size: int | None = None
-
-
-class Upload(ABC):
-    """A large object being written; invisible until `commit` names it."""
-
-    @abstractmethod
-    def write(self, chunk: bytes) -> None: ...
-
-    @abstractmethod
-    def commit(self, key: str, *, sha256: str | None = None) -> None:
-        """Name the written bytes `key`. `sha256` (hex), when given, lets a store that can
-        checksum server-side confirm it stored exactly the hashed bytes."""
-
-    @abstractmethod
-    def abort(self) -> None: ...
-
-    def __enter__(self) -> Upload:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-
-
-class Store(ABC):
-    """Objects by key. Implementations: `DirectoryStore`, `S3Store`."""
-
-    @abstractmethod
-    def describe(self) -> str:
-        """A human-readable location for logs (a path or `s3://bucket/prefix`)."""
-
-    @abstractmethod
-    def stat(self, key: str) -> ObjectInfo | None: ...
-
-    @abstractmethod
-    def read_bytes(self, key: str) -> bytes: ...
-
-    @abstractmethod
-    def iter_range(self, key: str, start: int = 0, end: int | None = None, chunk_size: int = CHUNK) -> Iterator[bytes]:
-        """Stream bytes [start, end) of an object in chunks."""
-
-    @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None:
-        """Write a small object atomically; a no-op when it already holds these bytes."""
-
-    @abstractmethod
-    def upload(self) -> Upload:
-        """Start a streamed write of a large object whose key is known only at the end."""
-
-    @abstractmethod
-    def list_keys(self, prefix: str) -> list[str]: ...
-
-    @abstractmethod
-    def delete(self, key: str) -> None: ...
-
-    def exists(self, key: str) -> bool:
-        return self.stat(key) is not None
-
-    def check_ready(self) -> None:
-        """Fail early, with a clear message, when the store cannot be used."""
-
-    # -- what concurrent publication and retention need -------------------------------------
-    @abstractmethod
-    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
-        """The bytes of an object and the ETag of exactly those bytes (None when absent)."""
-
-    @abstractmethod
-    def put_if(self, key: str, data: bytes, etag: str | None) -> bool:
-        """Compare-and-swap: write `data` only if the object still has `etag` (None: only if
-        there is no object). False, and nothing written, when another writer got there first."""
-
-    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
-        """Every key under `prefix` with its size, ETag and modification time."""
-        infos = {}
-        for key in self.list_keys(prefix):
-            info = self.stat(key)
-            if info is not None:
-                infos[key] = info
-        return infos
-
-    def delete_many(self, keys: list[str]) -> None:
-        for key in keys:
-            self.delete(key)
-
-    @abstractmethod
-    def temporaries(self) -> list[Temporary]:
-        """Leftovers of interrupted writes (see `Temporary`)."""
-
-    @abstractmethod
-    def remove_temporary(self, temporary: Temporary) -> None: ...
+from ..errors import ConfigError, StoreError
+from .base import CHUNK, ObjectInfo, ObjectMissing, Store, Temporary, Upload, check_key
 
 
 class _DirectoryUpload(Upload):
@@ -341,16 +190,3 @@ class DirectoryStore(Store):
 def _info(st: os.stat_result) -> ObjectInfo:
     """Every write replaces the file (a new inode), so inode, size and mtime identify the content."""
     return ObjectInfo(size=st.st_size, etag=f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"', modified=st.st_mtime)
-
-
-def open_store(location: str) -> Store:
-    """`s3://bucket[/prefix]` or a directory path, as in `TALOS_STORE`."""
-    if not location or not location.strip():
-        raise ConfigError("TALOS_STORE is empty: give a directory path or s3://bucket[/prefix]")
-    if location.startswith("s3://"):
-        from .s3store import S3Store
-
-        return S3Store.from_url(location)
-    if "://" in location:
-        raise ConfigError(f"TALOS_STORE={location!r}: unsupported scheme; use a directory path or s3://bucket[/prefix]")
-    return DirectoryStore(location)
