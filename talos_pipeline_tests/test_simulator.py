@@ -26,7 +26,7 @@ from talos_pipeline.simulator import (
     load_releases,
     write_qcow2,
 )
-from talos_pipeline.simulator.__main__ import add_arguments, main, parse_size, run
+from talos_pipeline.simulator.command import add_arguments, main, parse_size, run
 from talos_pipeline.simulator.qcow2 import expected_guest_bytes, plan_qcow2
 from talos_pipeline.simulator.releases import factory_versions
 
@@ -592,7 +592,7 @@ def test_loopback_only():
     with pytest.raises(ValueError, match="loopback"):
         UpstreamSimulator(host="0.0.0.0")
     with pytest.raises(RuntimeError, match="not running"):
-        UpstreamSimulator().url
+        _ = UpstreamSimulator().url
 
 
 def test_custom_releases_and_ipv6_loopback():

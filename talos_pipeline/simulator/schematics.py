@@ -5,7 +5,7 @@ re-marshals it with Go's yaml.v3 (4-space indent, struct field order, empty opti
 dropped) and takes the sha256 of that canonical YAML as the id. This module mirrors that for the
 fields that exist, so ids match the real factory for ordinary schematics:
 ``customization: {}`` -> ``376567988ad3...`` (vanilla) and the qemu-guest-agent schematic ->
-``ce4c980550dd...``.
+``ce4c980550dd...`` (docs/talos-upstream.md, "Schematics").
 
 Stdlib only, so YAML support is a small subset: block mappings and sequences, single-line flow
 collections (``{}``, ``[a, b]``, ``{k: v}``), plain and quoted scalars, comments. JSON bodies are

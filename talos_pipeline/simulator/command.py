@@ -1,0 +1,115 @@
+"""``talos-pipeline simulate-upstream`` and ``python -m talos_pipeline.simulator``.
+
+Runs the upstream simulator alone, on loopback, until Ctrl-C. The CLI adds `add_arguments` to its
+subcommand's parser and calls `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+
+from .releases import load_releases
+from .server import UpstreamSimulator
+
+__all__ = ["add_arguments", "main", "parse_size", "run"]
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1024, "KIB": 1024, "KB": 1000, "M": 1024**2, "MIB": 1024**2, "MB": 1000**2,
+          "G": 1024**3, "GIB": 1024**3, "GB": 1000**3, "T": 1024**4, "TIB": 1024**4, "TB": 1000**4}  # fmt: skip
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_size(text: str) -> int:
+    """``2MiB``, ``512MiB``, ``1G`` (binary), ``500MB`` (decimal), ``4096`` (bytes)."""
+    m = _SIZE_RE.match(text)
+    unit = (m.group(2) or "").upper() if m else None
+    if m is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use a number of bytes or e.g. 2MiB, 512MiB, 1GiB")
+    size = int(m.group(1)) * _UNITS[unit]
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be more than 0 bytes")
+    return size
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--port", type=int, default=8089, help="TCP port (0 picks a free one) [8089]")
+    parser.add_argument("--host", default="127.0.0.1", choices=LOOPBACK_HOSTS, help="loopback address [127.0.0.1]")
+    parser.add_argument(
+        "--releases", metavar="FILE", help="JSON list of releases (tag, published_at, prerelease, draft)"
+    )
+    parser.add_argument("--disk-size", type=parse_size, default=2 * 1024 * 1024, metavar="SIZE",
+                        help="random data per qcow2 image, e.g. 2MiB, 512MiB [2MiB]")  # fmt: skip
+    parser.add_argument("--cache-dir", metavar="DIR", help="keep generated images here across runs [a temp dir]")
+    parser.add_argument("--redirect", action="store_true", help="answer image GETs with 302 to /cdn/... (like a CDN)")
+    parser.add_argument("--first-byte-delay", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                        help="cold-build delay before the first byte of each image's first request [0]")  # fmt: skip
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    return parser
+
+
+def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int:
+    """Serve until Ctrl-C/SIGTERM (or until ``stop`` is set, for tests); return the exit code."""
+    try:
+        releases = load_releases(args.releases) if args.releases else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sim = UpstreamSimulator(
+        releases,
+        disk_size=args.disk_size,
+        cache_dir=args.cache_dir,
+        host=args.host,
+        port=args.port,
+        redirect=args.redirect,
+        first_byte_delay=args.first_byte_delay,
+        verbose=args.verbose,
+    )
+    try:
+        sim.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
+              "pick another --port (0 = any free port)", file=sys.stderr)  # fmt: skip
+        return 1
+    stop = stop or threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        print(f"GitHub releases API: {sim.releases_url}")
+        print(f"Image Factory:       {sim.factory_url}")
+        print(f"  TALOS_RELEASES_URL={sim.releases_url} TALOS_FACTORY_URL={sim.factory_url}")
+        print(f"  releases: {', '.join(r.tag + (' (draft)' if r.draft else '') for r in sim.releases)}")
+        print(f"  factory versions: {', '.join(sim.versions())}")
+        print("Serving until Ctrl-C.", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m talos_pipeline.simulator",
+        description="Run the offline upstream simulator (GitHub releases API + Talos Image Factory) on loopback.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,181 @@
+"""The Talos Image Factory's routes, as clients see them (docs/talos-upstream.md, "Image Factory").
+
+``GET /versions``, ``POST /schematics``, ``GET /schematics/<id>``,
+``GET|HEAD /image/<schematic>/<version>/<platform>-<arch>.qcow2`` with the factory's status codes
+and plain-text errors, no ETag/Last-Modified/Range, an optional cold-build delay and an optional
+302 to ``/cdn/...`` (the object store the real factory redirects to).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from urllib.parse import unquote
+
+from .images import ImageCache, ImageFile, ImageKey, normalize_version
+from .messages import TEXT, Request, Response, json_answer, only, text
+from .releases import ReleaseHistory, parse_semver
+from .schematics import VANILLA_SCHEMATIC_YAML, SchematicError, canonical_schematic, schematic_id
+
+__all__ = ["ARCHES", "PLATFORMS", "QCOW2_CONTENT_TYPE", "VANILLA_SCHEMATIC", "ImageFactory"]
+
+VANILLA_SCHEMATIC = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
+ARCHES = ("amd64", "arm64")
+PLATFORMS = frozenset(
+    {
+        "nocloud", "metal", "aws", "azure", "gcp", "openstack", "vmware", "digital-ocean", "hcloud",
+        "oracle", "scaleway", "upcloud", "vultr", "exoscale", "akamai", "cloudstack", "opennebula",
+    }
+)  # fmt: skip
+QCOW2_CONTENT_TYPE = "application/x-qemu-disk"
+_IMAGE_FILE_RE = re.compile(r"^(?P<stem>[^.]+)\.(?P<ext>.+)$")
+
+
+class ImageFactory:
+    """The factory's state: registered schematics, image files, cold builds and download counts."""
+
+    def __init__(
+        self,
+        history: ReleaseHistory,
+        images: ImageCache,
+        *,
+        disk_size: int,
+        redirect: bool,
+        first_byte_delay: float,
+        stopping: threading.Event,
+    ) -> None:
+        self.history = history
+        self.images = images
+        self.disk_size = disk_size
+        self.redirect = redirect
+        self.first_byte_delay = first_byte_delay
+        self._stopping = stopping
+        self._lock = threading.Lock()
+        self._schematics: dict[str, str] = {VANILLA_SCHEMATIC: VANILLA_SCHEMATIC_YAML}
+        self._downloads: dict[ImageKey, int] = {}
+        self._cold_until: dict[tuple[ImageKey, int], float] = {}
+
+    # ------------------------------------------------------------------ state
+    def register_schematic(self, body: bytes) -> str:
+        canonical = canonical_schematic(body)
+        sid = schematic_id(canonical)
+        with self._lock:
+            self._schematics[sid] = canonical
+        return sid
+
+    def schematic(self, sid: str) -> str | None:
+        with self._lock:
+            return self._schematics.get(sid)
+
+    def image_file(self, key: ImageKey) -> ImageFile:
+        return self.images.ensure(key, self.disk_size)
+
+    def count_download(self, key: ImageKey) -> None:
+        with self._lock:
+            self._downloads[key] = self._downloads.get(key, 0) + 1
+
+    def downloads(self, key: ImageKey) -> int:
+        with self._lock:
+            return self._downloads.get(key, 0)
+
+    def total_downloads(self) -> int:
+        with self._lock:
+            return sum(self._downloads.values())
+
+    def _cold_wait(self, key: ImageKey) -> None:
+        """The first request for an image generation (HEAD included) waits `first_byte_delay`, as a build."""
+        delay = self.first_byte_delay
+        if delay <= 0:
+            return
+        cold = (key, self.images.generation(key))
+        with self._lock:
+            until = self._cold_until.get(cold)
+            if until is None:
+                until = self._cold_until[cold] = time.monotonic() + delay
+        remaining = until - time.monotonic()
+        if remaining > 0:
+            self._stopping.wait(remaining)
+
+    # ------------------------------------------------------------------ routes
+    def handle(self, request: Request) -> Response:
+        path = request.path
+        if path.startswith("/cdn/"):
+            return self._cdn(request)
+        if path == "/versions":
+            return only(request, ("GET", "HEAD")) or json_answer(
+                200, self.history.factory_versions(), content_type=TEXT
+            )
+        if path == "/schematics":
+            return only(request, ("POST",)) or self._post_schematic(request.body)
+        if path.startswith("/schematics/"):
+            return only(request, ("GET", "HEAD")) or self._get_schematic(path)
+        if path.startswith("/image/"):
+            return only(request, ("GET", "HEAD")) or self._image(request)
+        return text(404, "404 page not found")
+
+    def _post_schematic(self, body: bytes) -> Response:
+        try:
+            sid = self.register_schematic(body)
+        except SchematicError as exc:
+            return text(400, str(exc))
+        return json_answer(201, {"id": sid})
+
+    def _get_schematic(self, path: str) -> Response:
+        canonical = self.schematic(path[len("/schematics/") :])
+        if canonical is None:
+            return text(404, "schematic not found")
+        return Response(200, canonical.encode(), content_type="application/yaml")
+
+    def _image(self, request: Request) -> Response:
+        path = request.path
+        parts = path.split("/")
+        if len(parts) != 5 or not all(parts[2:]):
+            expected = "/image/<schematic>/<version>/<platform>-<arch>.qcow2"
+            return text(400, f"invalid image path {path!r}: expected {expected}")
+        schematic, version, filename = parts[2], unquote(parts[3]), unquote(parts[4])
+        if self.schematic(schematic) is None:
+            return text(404, "schematic not found")
+        version = normalize_version(version)
+        if parse_semver(version) is None:
+            return text(500, "internal server error")
+        if version not in self.history.factory_versions():
+            return text(404, f"version {version[1:]} is not available")
+        m = _IMAGE_FILE_RE.match(filename)
+        if m is None or "-" not in m.group("stem"):
+            return text(400, f"invalid profile path {filename!r}: expected <platform>-<arch>.qcow2")
+        platform, arch = m.group("stem").rsplit("-", 1)
+        ext = m.group("ext")
+        if ext.endswith((".sha256", ".sha512")):
+            return text(402, "checksums are an Image Factory Enterprise feature")
+        if arch not in ARCHES:
+            return text(400, f"invalid architecture {arch!r}: expected one of {', '.join(ARCHES)}")
+        if platform not in PLATFORMS:
+            return text(400, f"unknown platform {platform!r}")
+        if ext != "qcow2":
+            return text(400, f"unsupported image kind {ext!r}: this simulator serves only .qcow2 disk images")
+        key = ImageKey(schematic, version, platform, arch)
+        self._cold_wait(key)
+        image = self.image_file(key)
+        if self.redirect and request.method == "GET":
+            location = f"{request.base_url}/cdn/{image.token}/{key.filename}"
+            body = f'<a href="{location}">Found</a>.\n\n'.encode()
+            return Response(302, body, content_type="text/html; charset=utf-8", headers={"Location": location})
+        return self._serve(image)
+
+    def _cdn(self, request: Request) -> Response:
+        parts = request.path.split("/")
+        image = self.images.cdn_file(parts[2]) if len(parts) == 4 else None
+        if image is None or parts[3] != image.key.filename or request.method not in ("GET", "HEAD"):
+            return text(404, "404 page not found")
+        return self._serve(image)
+
+    def _serve(self, image: ImageFile) -> Response:
+        return Response(
+            200,
+            content_type=QCOW2_CONTENT_TYPE,
+            headers={"Content-Disposition": f'attachment; filename="{image.key.filename}"'},
+            file=image.path,
+            size=image.size,
+            on_body_start=lambda: self.count_download(image.key),
+        )
