@@ -7,11 +7,13 @@ subcommand's parser and calls `run`.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import signal
 import sys
 import threading
 
+from .profiles import ProfileName
 from .releases import load_releases
 from .server import UpstreamSimulator
 
@@ -40,24 +42,75 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must be a number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--port", type=int, default=8089, help="TCP port (0 picks a free one) [8089]")
-    parser.add_argument("--host", default="127.0.0.1", choices=LOOPBACK_HOSTS, help="loopback address [127.0.0.1]")
-    parser.add_argument(
-        "--releases", metavar="FILE", help="JSON list of releases (tag, published_at, prerelease, draft)"
+    add = parser.add_argument
+    add("--port", type=int, default=8089, help="TCP port (0 picks a free one) [8089]")
+    add("--host", default="127.0.0.1", choices=LOOPBACK_HOSTS, help="loopback address [127.0.0.1]")
+    add(
+        "--profile",
+        choices=[p.value for p in ProfileName],
+        default=ProfileName.DEFAULT.value,
+        help="default: a few releases, small images, instant builds; production: the release history since "
+        "v1.10, factory-size images, cold builds, CDN redirects [default]",
     )
-    parser.add_argument("--disk-size", type=parse_size, default=2 * 1024 * 1024, metavar="SIZE",
-                        help="random data per qcow2 image, e.g. 2MiB, 512MiB [2MiB]")  # fmt: skip
-    parser.add_argument("--cache-dir", metavar="DIR", help="keep generated images here across runs [a temp dir]")
-    parser.add_argument("--redirect", action="store_true", help="answer image GETs with 302 to /cdn/... (like a CDN)")
-    parser.add_argument("--first-byte-delay", type=_non_negative_float, default=0.0, metavar="SECONDS",
-                        help="cold-build delay before the first byte of each image's first request [0]")  # fmt: skip
-    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    add("--releases", metavar="FILE", help="JSON list of releases (tag, published_at, prerelease, draft)")
+    add(
+        "--disk-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="default profile: random data per qcow2 image, e.g. 2MiB, 512MiB [2MiB]",
+    )
+    add(
+        "--scale",
+        type=_positive_float,
+        metavar="FACTOR",
+        help="production profile: image sizes times FACTOR, e.g. 0.01 for ~2 MiB amd64 images [1]",
+    )
+    add("--cache-dir", metavar="DIR", help="keep generated images here across runs [a temp dir]")
+    add(
+        "--redirect",
+        action="store_const",
+        const="always",
+        help="answer every image GET with 302 to /cdn/... [production: built images only]",
+    )
+    add(
+        "--first-byte-delay",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        help="cold-build time: the first request for each image waits this long [default profile: 0; production: 3]",
+    )
+    add(
+        "--build-slots",
+        type=_positive_int,
+        metavar="N",
+        help="cold builds at once, the rest queue [default profile: no limit; production: 6]",
+    )
+    add("--verbose", action="store_true", help="log every request to stderr")
     return parser
 
 
@@ -68,16 +121,23 @@ def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sim = UpstreamSimulator(
-        releases,
-        disk_size=args.disk_size,
-        cache_dir=args.cache_dir,
-        host=args.host,
-        port=args.port,
-        redirect=args.redirect,
-        first_byte_delay=args.first_byte_delay,
-        verbose=args.verbose,
-    )
+    try:
+        sim = UpstreamSimulator(
+            releases,
+            profile=args.profile,
+            scale=args.scale,
+            disk_size=args.disk_size,
+            cache_dir=args.cache_dir,
+            host=args.host,
+            port=args.port,
+            redirect=args.redirect,
+            first_byte_delay=args.first_byte_delay,
+            build_slots=args.build_slots,
+            verbose=args.verbose,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         sim.start()
     except OSError as exc:
@@ -92,6 +152,7 @@ def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int
         print(f"GitHub releases API: {sim.releases_url}")
         print(f"Image Factory:       {sim.factory_url}")
         print(f"  TALOS_RELEASES_URL={sim.releases_url} TALOS_FACTORY_URL={sim.factory_url}")
+        print(f"  profile: {sim.profile}")
         print(f"  releases: {', '.join(r.tag + (' (draft)' if r.draft else '') for r in sim.releases)}")
         print(f"  factory versions: {', '.join(sim.versions())}")
         print("Serving until Ctrl-C.", flush=True)

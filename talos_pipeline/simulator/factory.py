@@ -2,23 +2,24 @@
 
 ``GET /versions``, ``POST /schematics``, ``GET /schematics/<id>``,
 ``GET|HEAD /image/<schematic>/<version>/<platform>-<arch>.qcow2`` with the factory's status codes
-and plain-text errors, no ETag/Last-Modified/Range, an optional cold-build delay and an optional
-302 to ``/cdn/...`` (the object store the real factory redirects to).
+and plain-text errors, no ETag/Last-Modified/Range, cold builds (`builds.py`) and an optional 302
+to ``/cdn/...`` (the object store the real factory redirects to).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-import time
+from enum import StrEnum
 from urllib.parse import unquote
 
-from .images import ImageCache, ImageFile, ImageKey, normalize_version
+from .builds import BuildQueue
+from .images import ImageCache, ImageFile, ImageKey, ImageSizes, normalize_version
 from .messages import TEXT, Request, Response, json_answer, only, text
 from .releases import ReleaseHistory, parse_semver
 from .schematics import VANILLA_SCHEMATIC_YAML, SchematicError, canonical_schematic, schematic_id
 
-__all__ = ["ARCHES", "PLATFORMS", "QCOW2_CONTENT_TYPE", "VANILLA_SCHEMATIC", "ImageFactory"]
+__all__ = ["ARCHES", "PLATFORMS", "QCOW2_CONTENT_TYPE", "VANILLA_SCHEMATIC", "ImageFactory", "Redirect"]
 
 VANILLA_SCHEMATIC = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
 ARCHES = ("amd64", "arm64")
@@ -32,6 +33,14 @@ QCOW2_CONTENT_TYPE = "application/x-qemu-disk"
 _IMAGE_FILE_RE = re.compile(r"^(?P<stem>[^.]+)\.(?P<ext>.+)$")
 
 
+class Redirect(StrEnum):
+    """Which image GETs answer 302 to ``/cdn/...`` (``HEAD`` never does)."""
+
+    NEVER = "never"
+    ALWAYS = "always"
+    CACHED = "cached"  # only images built before the request, as the real factory
+
+
 class ImageFactory:
     """The factory's state: registered schematics, image files, cold builds and download counts."""
 
@@ -39,22 +48,19 @@ class ImageFactory:
         self,
         history: ReleaseHistory,
         images: ImageCache,
+        sizes: ImageSizes,
+        builds: BuildQueue,
         *,
-        disk_size: int,
-        redirect: bool,
-        first_byte_delay: float,
-        stopping: threading.Event,
+        redirect: Redirect,
     ) -> None:
         self.history = history
         self.images = images
-        self.disk_size = disk_size
+        self.sizes = sizes
+        self.builds = builds
         self.redirect = redirect
-        self.first_byte_delay = first_byte_delay
-        self._stopping = stopping
         self._lock = threading.Lock()
         self._schematics: dict[str, str] = {VANILLA_SCHEMATIC: VANILLA_SCHEMATIC_YAML}
         self._downloads: dict[ImageKey, int] = {}
-        self._cold_until: dict[tuple[ImageKey, int], float] = {}
 
     # ------------------------------------------------------------------ state
     def register_schematic(self, body: bytes) -> str:
@@ -69,7 +75,7 @@ class ImageFactory:
             return self._schematics.get(sid)
 
     def image_file(self, key: ImageKey) -> ImageFile:
-        return self.images.ensure(key, self.disk_size)
+        return self.images.ensure(key, self.sizes.data_size(key))
 
     def count_download(self, key: ImageKey) -> None:
         with self._lock:
@@ -83,19 +89,17 @@ class ImageFactory:
         with self._lock:
             return sum(self._downloads.values())
 
-    def _cold_wait(self, key: ImageKey) -> None:
-        """The first request for an image generation (HEAD included) waits `first_byte_delay`, as a build."""
-        delay = self.first_byte_delay
-        if delay <= 0:
-            return
-        cold = (key, self.images.generation(key))
+    def downloads_by_image(self) -> dict[ImageKey, int]:
         with self._lock:
-            until = self._cold_until.get(cold)
-            if until is None:
-                until = self._cold_until[cold] = time.monotonic() + delay
-        remaining = until - time.monotonic()
-        if remaining > 0:
-            self._stopping.wait(remaining)
+            return dict(self._downloads)
+
+    def reset_downloads(self) -> None:
+        with self._lock:
+            self._downloads.clear()
+
+    def _build(self, key: ImageKey) -> bool:
+        """Wait for the current generation of ``key`` to be built; True if it already was."""
+        return self.builds.await_build((key, self.images.generation(key)), lambda: self.image_file(key))
 
     # ------------------------------------------------------------------ routes
     def handle(self, request: Request) -> Response:
@@ -155,9 +159,10 @@ class ImageFactory:
         if ext != "qcow2":
             return text(400, f"unsupported image kind {ext!r}: this simulator serves only .qcow2 disk images")
         key = ImageKey(schematic, version, platform, arch)
-        self._cold_wait(key)
+        cached = self._build(key)
         image = self.image_file(key)
-        if self.redirect and request.method == "GET":
+        redirect = self.redirect is Redirect.ALWAYS or (self.redirect is Redirect.CACHED and cached)
+        if redirect and request.method == "GET":
             location = f"{request.base_url}/cdn/{image.token}/{key.filename}"
             body = f'<a href="{location}">Found</a>.\n\n'.encode()
             return Response(302, body, content_type="text/html; charset=utf-8", headers={"Location": location})

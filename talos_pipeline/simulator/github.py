@@ -4,6 +4,10 @@ Routes: ``/repos/siderolabs/talos/releases`` and the ``/repositories/<id>/releas
 ``Link`` headers use (newest first, ``per_page``/``page``, drafts hidden), ``/releases/tags/<tag>``,
 ``/releases/latest``, ``/releases/<id>``, and the free ``/rate_limit``. Every answer carries
 ``x-ratelimit-*`` headers; listings carry a weak ``ETag`` and answer ``If-None-Match`` with 304.
+
+Release assets carry download counts that grow by one *tick* per `tick_downloads` call and per
+``download_tick_seconds`` of running time; like on GitHub, the listing's ETag then changes although
+no release did.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlencode
 
 from .messages import Request, Response, json_answer
 from .ratelimit import GITHUB_DOCS, RATE_LIMIT_DOCS, RateLimiter
-from .releases import ReleaseHistory, SimulatedRelease, format_timestamp, parse_semver
+from .releases import ReleaseHistory, SimulatedAsset, SimulatedRelease, format_timestamp, parse_semver
 
 __all__ = ["GITHUB_OWNER", "GITHUB_REPO", "GITHUB_REPO_ID", "GitHubAPI", "is_github_path", "release_id"]
 
@@ -35,12 +41,41 @@ def release_id(tag: str) -> int:
 
 
 class GitHubAPI:
-    def __init__(self, history: ReleaseHistory, limiter: RateLimiter, *, per_page_default: int = 30) -> None:
+    def __init__(
+        self,
+        history: ReleaseHistory,
+        limiter: RateLimiter,
+        *,
+        per_page_default: int = 30,
+        download_tick_seconds: float | None = None,
+    ) -> None:
         if not 1 <= per_page_default <= 100:
             raise ValueError(f"per_page_default must be between 1 and 100, got {per_page_default}")
+        if download_tick_seconds is not None and not download_tick_seconds >= 0:
+            raise ValueError(
+                f"download_tick_seconds must be >= 0 (0 or None: only manual ticks), got {download_tick_seconds!r}"
+            )
         self.history = history
         self.limiter = limiter
         self.per_page_default = per_page_default
+        self.download_tick_seconds = download_tick_seconds
+        self._lock = threading.Lock()
+        self._manual_ticks = 0
+        self._started = time.monotonic()
+
+    def tick_downloads(self, count: int = 1) -> None:
+        """Every asset is downloaded a few more times (``count`` ticks)."""
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive integer, got {count!r}")
+        with self._lock:
+            self._manual_ticks += count
+
+    def download_ticks(self) -> int:
+        with self._lock:
+            ticks = self._manual_ticks
+        if self.download_tick_seconds:
+            ticks += int((time.monotonic() - self._started) // self.download_tick_seconds)
+        return ticks
 
     def handle(self, request: Request) -> Response:
         scheme, _, token = request.header("Authorization").partition(" ")
@@ -96,30 +131,31 @@ class GitHubAPI:
             rest = m.group(2) or ""
         rest = rest.rstrip("/")
         base = request.base_url
+        ticks = self.download_ticks()
         visible = self.history.visible()
         if rest == "/releases":
-            return self._release_page(visible, request.query, base)
+            return self._release_page(visible, request.query, base, ticks)
         if rest.startswith("/releases/tags/"):
             tag = unquote(rest[len("/releases/tags/") :])
             for release in visible:
                 if release.tag == tag:
-                    return 200, release_json(release, base), {}
+                    return 200, release_json(release, base, ticks), {}
             return 404, _not_found("releases/releases#get-a-release-by-tag-name"), {}
         if rest == "/releases/latest":
             for release in visible:
                 if not release.prerelease and "-" not in release.tag:
-                    return 200, release_json(release, base), {}
+                    return 200, release_json(release, base, ticks), {}
             return 404, _not_found("releases/releases#get-the-latest-release"), {}
         m = re.match(r"^/releases/(\d+)$", rest)
         if m:
             for release in visible:
                 if release_id(release.tag) == int(m.group(1)):
-                    return 200, release_json(release, base), {}
+                    return 200, release_json(release, base, ticks), {}
             return 404, _not_found("releases/releases#get-a-release"), {}
         return 404, _not_found(""), {}
 
     def _release_page(
-        self, visible: list[SimulatedRelease], query: list[tuple[str, str]], base: str
+        self, visible: list[SimulatedRelease], query: list[tuple[str, str]], base: str, ticks: int
     ) -> tuple[int, Any, dict[str, str]]:
         params = dict(query)
         try:
@@ -149,7 +185,7 @@ class GitHubAPI:
             if page > 1:
                 rels.append(f'<{link(1)}>; rel="first"')
             headers["Link"] = ", ".join(rels)
-        return 200, [release_json(r, base) for r in items], headers
+        return 200, [release_json(r, base, ticks) for r in items], headers
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -166,7 +202,34 @@ def _not_found(doc: str) -> dict[str, str]:
     return {"message": "Not Found", "documentation_url": url, "status": "404"}
 
 
-def release_json(release: SimulatedRelease, base: str) -> dict[str, Any]:
+def _hash(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def asset_json(release: SimulatedRelease, asset: SimulatedAsset, base: str, ticks: int) -> dict[str, Any]:
+    key = f"{release.tag}/{asset.name}"
+    digest = _hash(key)
+    aid = 300_000_000 + int.from_bytes(digest[:4], "big") % 90_000_000
+    uploaded = format_timestamp(datetime.fromtimestamp(release.published.timestamp() - 1800 + digest[4] * 4, UTC))
+    return {
+        "url": f"{base}/repos/{GITHUB_OWNER}/{GITHUB_REPO}/releases/assets/{aid}",
+        "id": aid,
+        "node_id": "RA_kwDOB8Z" + digest.hex()[8:16],
+        "name": asset.name,
+        "label": "",
+        "uploader": {"login": "talos-bot", "id": 44077431, "type": "User", "site_admin": False},
+        "content_type": asset.content_type,
+        "state": "uploaded",
+        "size": asset.size,
+        "digest": "sha256:" + _hash(key + "/content").hex(),
+        "download_count": 40 + int.from_bytes(digest[5:7], "big") % 20_000 + ticks * (1 + digest[7] % 5),
+        "created_at": uploaded,
+        "updated_at": uploaded,
+        "browser_download_url": f"https://github.com/{GITHUB_OWNER}/{GITHUB_REPO}/releases/download/{key}",
+    }
+
+
+def release_json(release: SimulatedRelease, base: str, ticks: int = 0) -> dict[str, Any]:
     rid = release_id(release.tag)
     tag = release.tag
     parsed = parse_semver(tag)
@@ -190,7 +253,7 @@ def release_json(release: SimulatedRelease, base: str) -> dict[str, Any]:
         "created_at": created,
         "updated_at": release.published_at,
         "published_at": None if release.draft else release.published_at,
-        "assets": [],
+        "assets": [asset_json(release, asset, base, ticks) for asset in release.assets],
         "tarball_url": f"{api}/tarball/{tag}",
         "zipball_url": f"{api}/zipball/{tag}",
         "body": f"## [Talos {tag.lstrip('v')}]({html}) (simulated)\n",

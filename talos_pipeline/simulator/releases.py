@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_RELEASES",
     "MIN_FACTORY_VERSION",
     "ReleaseHistory",
+    "SimulatedAsset",
     "SimulatedRelease",
     "factory_versions",
     "format_timestamp",
@@ -84,6 +85,15 @@ def semver_key(tag: str) -> tuple:
 
 
 @dataclass(frozen=True)
+class SimulatedAsset:
+    """A file attached to a release; GitHub adds a digest and a download count that keeps growing."""
+
+    name: str
+    size: int
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
 class SimulatedRelease:
     """One GitHub release of siderolabs/talos as the simulator publishes it."""
 
@@ -91,6 +101,7 @@ class SimulatedRelease:
     published_at: str  # YYYY-MM-DDTHH:MM:SSZ (for a draft: when it would be published; GitHub shows null)
     prerelease: bool
     draft: bool = False
+    assets: tuple[SimulatedAsset, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.tag, str) or not _TAG_RE.match(self.tag):

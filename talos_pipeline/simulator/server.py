@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import os
 import socket
 import socketserver
@@ -24,17 +25,20 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlsplit
 
-from .factory import VANILLA_SCHEMATIC, ImageFactory
+from .builds import BuildQueue, BuildStats
+from .factory import VANILLA_SCHEMATIC, ImageFactory, Redirect
 from .faults import BODY_FAULTS, DELAY_FAULTS, REDIRECT_FAULTS, STATUS_FAULTS, FaultBoard, InjectedFault
 from .github import GITHUB_OWNER, GITHUB_REPO, GitHubAPI, is_github_path
-from .images import ImageCache, ImageKey, normalize_version
+from .images import FixedSize, ImageCache, ImageKey, ImageSizes, RealisticSizes, normalize_version
 from .messages import Request, RequestLog, Response, text
+from .profiles import PROFILES, ProfileName
 from .ratelimit import RateLimiter
-from .releases import DEFAULT_RELEASES, ReleaseHistory, SimulatedRelease, format_timestamp
+from .releases import ReleaseHistory, SimulatedRelease, format_timestamp
 
 __all__ = ["MAX_REQUEST_BODY", "UpstreamSimulator"]
 
 MAX_REQUEST_BODY = 1024 * 1024
+DEFAULT_DISK_SIZE = 2 * 1024 * 1024
 
 
 class _Delegate:
@@ -53,9 +57,13 @@ class _Delegate:
 class UpstreamSimulator:
     """GitHub releases API + Talos Image Factory on one loopback port. Use as a context manager.
 
-    ``disk_size`` is the amount of pseudo-random data in each served qcow2 (the file is a little
-    larger: qcow2 metadata). Images are generated on first request into ``cache_dir`` (a temporary
-    directory removed by `stop` when not given; a given directory is reused across runs).
+    ``profile`` is ``"default"`` (small, fast, the demo's) or ``"production"`` (realistic; see
+    `profiles.py`). With the default profile every image holds ``disk_size`` bytes of content (the
+    qcow2 file is a little larger); the production profile sizes images per arch like the factory,
+    times ``scale``. ``releases``, ``redirect``, ``first_byte_delay`` (the cold-build time),
+    ``build_slots`` and ``download_tick_seconds`` override the profile's. Images are generated on
+    first request into ``cache_dir`` (a temporary directory removed by `stop` when not given; a given
+    directory is reused across runs, though every run starts with all images cold).
     """
 
     #: seconds the ``slow_first_byte`` fault waits before answering
@@ -73,19 +81,27 @@ class UpstreamSimulator:
     rate_limit_unauthenticated = _Delegate("_limiter", "unauthenticated")
     rate_limit_authenticated = _Delegate("_limiter", "authenticated")
     per_page_default = _Delegate("_github", "per_page_default")
-    redirect = _Delegate("_factory", "redirect")
-    first_byte_delay = _Delegate("_factory", "first_byte_delay")
+    #: seconds a cold build takes (the first request for an image waits this long, or longer if queued)
+    first_byte_delay = _Delegate("_builds", "seconds")
+    #: cold builds at once (None: no limit); the others queue
+    build_slots = _Delegate("_builds", "slots")
+    #: the release assets' download counts grow by one tick per this many seconds (0: only by `tick_downloads`)
+    download_tick_seconds = _Delegate("_github", "download_tick_seconds")
 
     def __init__(
         self,
         releases: Iterable[SimulatedRelease] | None = None,
         *,
-        disk_size: int = 2 * 1024 * 1024,
+        profile: str = ProfileName.DEFAULT,
+        scale: float | None = None,
+        disk_size: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        redirect: bool = False,
-        first_byte_delay: float = 0.0,
+        redirect: bool | str | None = None,
+        first_byte_delay: float | None = None,
+        build_slots: int | None = None,
+        download_tick_seconds: float | None = None,
         per_page_default: int = 30,
         verbose: bool = False,
         rate_limit_unauthenticated: int = 60,
@@ -101,24 +117,43 @@ class UpstreamSimulator:
             loopback = False
         if not loopback:
             raise ValueError(f"the upstream simulator listens on loopback only; host {host!r} is not 127.0.0.1 or ::1")
-        if not isinstance(disk_size, int) or disk_size <= 0:
-            raise ValueError(f"disk_size must be a positive number of bytes, got {disk_size!r}")
+        try:
+            chosen = PROFILES[ProfileName(profile)]
+        except ValueError:
+            known = ", ".join(PROFILES)
+            raise ValueError(f"unknown simulator profile {profile!r}; known: {known}") from None
+        if first_byte_delay is not None and not (isinstance(first_byte_delay, (int, float)) and first_byte_delay >= 0):
+            raise ValueError(f"first_byte_delay must be a number of seconds >= 0, got {first_byte_delay!r}")
+        if build_slots is not None and (not isinstance(build_slots, int) or build_slots < 1):
+            raise ValueError(f"build_slots must be a positive integer, got {build_slots!r}")
         self.host = host
         self.port = port
-        self.disk_size = disk_size
+        self.profile = chosen.name
+        self.disk_size, self.scale, sizes = _sizes(chosen.name, disk_size, scale)
         self.verbose = verbose
         self._stopping = threading.Event()
-        self._history = ReleaseHistory(DEFAULT_RELEASES if releases is None else releases)
+        self._history = ReleaseHistory(chosen.releases if releases is None else releases)
         self._limiter = RateLimiter(unauthenticated=rate_limit_unauthenticated, authenticated=rate_limit_authenticated)
-        self._github = GitHubAPI(self._history, self._limiter, per_page_default=per_page_default)
-        self._images = ImageCache(cache_dir)
+        self._github = GitHubAPI(
+            self._history,
+            self._limiter,
+            per_page_default=per_page_default,
+            download_tick_seconds=chosen.download_tick_seconds
+            if download_tick_seconds is None
+            else download_tick_seconds,
+        )
+        self._images = ImageCache(cache_dir, chosen.recipe)
+        self._builds = BuildQueue(
+            seconds=chosen.build_seconds if first_byte_delay is None else first_byte_delay,
+            slots=chosen.build_slots if build_slots is None else build_slots,
+            stopping=self._stopping,
+        )
         self._factory = ImageFactory(
             self._history,
             self._images,
-            disk_size=disk_size,
-            redirect=redirect,
-            first_byte_delay=first_byte_delay,
-            stopping=self._stopping,
+            sizes,
+            self._builds,
+            redirect=chosen.redirect if redirect is None else _redirect(redirect),
         )
         self._faults = FaultBoard(stall_seconds=stall_seconds, slow_first_byte_seconds=slow_first_byte_seconds)
         self._log = RequestLog()
@@ -157,6 +192,15 @@ class UpstreamSimulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def redirect(self) -> Redirect:
+        """Which image GETs answer 302 to ``/cdn/...``; assign a bool or a `Redirect`."""
+        return self._factory.redirect
+
+    @redirect.setter
+    def redirect(self, value: bool | str) -> None:
+        self._factory.redirect = _redirect(value)
 
     @property
     def running(self) -> bool:
@@ -211,6 +255,10 @@ class UpstreamSimulator:
         self._history.put(release)
         return release
 
+    def tick_downloads(self, count: int = 1) -> None:
+        """The release assets are downloaded a few more times: the listing's ETag changes, the releases do not."""
+        self._github.tick_downloads(count)
+
     # ------------------------------------------------------------------ images
     def downloads(self, version: str, arch: str, platform: str = "nocloud", schematic: str = VANILLA_SCHEMATIC) -> int:
         """GET bodies started for that image (factory or CDN; HEAD and 302s not counted)."""
@@ -218,6 +266,14 @@ class UpstreamSimulator:
 
     def total_downloads(self) -> int:
         return self._factory.total_downloads()
+
+    def downloads_by_image(self) -> dict[ImageKey, int]:
+        """GET bodies started per image, for images downloaded at least once."""
+        return self._factory.downloads_by_image()
+
+    def build_stats(self) -> BuildStats:
+        """Cold builds so far: started, most at once, how many queued for a slot."""
+        return self._builds.stats()
 
     def drift(self, version: str, arch: str, platform: str = "nocloud", schematic: str = VANILLA_SCHEMATIC) -> int:
         """Later requests for that image get different bytes (a factory rebuild); returns the generation."""
@@ -273,13 +329,58 @@ class UpstreamSimulator:
         """``(method, path with query, status)`` of recent requests, oldest first."""
         return self._log.recent()
 
+    def github_requests(self, path: str | None = None) -> int:
+        """Requests the GitHub API answered (304s and refusals included), all or for one path (no query)."""
+        counts = self.github_requests_by_path()
+        return counts.get(path, 0) if path is not None else sum(counts.values())
+
+    def github_requests_by_path(self) -> dict[str, int]:
+        return {path: n for path, n in self._log.per_path().items() if is_github_path(path)}
+
+    def reset_counters(self) -> None:
+        """Zero request, download and build counters (built images stay built, budgets stay spent)."""
+        self._log.reset()
+        self._factory.reset_downloads()
+        self._builds.reset_stats()
+
     def __repr__(self) -> str:
         where = self.url if self.running else "stopped"
-        return f"<UpstreamSimulator {where} releases={len(self._history)} disk_size={self.disk_size}>"
+        size = f"disk_size={self.disk_size}" if self.scale is None else f"scale={self.scale}"
+        return f"<UpstreamSimulator {self.profile} {where} releases={len(self._history)} {size}>"
 
 
 def _key(version: str, arch: str, platform: str, schematic: str) -> ImageKey:
     return ImageKey(schematic, normalize_version(version), platform, arch)
+
+
+def _sizes(
+    profile: ProfileName, disk_size: int | None, scale: float | None
+) -> tuple[int | None, float | None, ImageSizes]:
+    """``(disk_size, scale, sizes)``: the default profile has one size, the production one a scale."""
+    if profile is ProfileName.PRODUCTION:
+        if disk_size is not None:
+            raise ValueError(
+                "disk_size applies to the default profile; the production profile sizes images per arch: use scale"
+            )
+        scale = 1.0 if scale is None else scale
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a positive number (0.01: about 2 MiB per amd64 image), got {scale!r}")
+        return None, float(scale), RealisticSizes(float(scale))
+    if scale is not None:
+        raise ValueError("scale applies to the production profile; the default profile's images hold disk_size bytes")
+    disk_size = DEFAULT_DISK_SIZE if disk_size is None else disk_size
+    if not isinstance(disk_size, int) or disk_size <= 0:
+        raise ValueError(f"disk_size must be a positive number of bytes, got {disk_size!r}")
+    return disk_size, None, FixedSize(disk_size)
+
+
+def _redirect(value: bool | str) -> Redirect:
+    if isinstance(value, bool):
+        return Redirect.ALWAYS if value else Redirect.NEVER
+    try:
+        return Redirect(value)
+    except ValueError:
+        raise ValueError(f"redirect must be true, false or one of {', '.join(Redirect)}; got {value!r}") from None
 
 
 # ====================================================================== HTTP wiring
