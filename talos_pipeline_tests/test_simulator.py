@@ -546,6 +546,74 @@ def test_post_schematics(sim):
     assert "field foo not found" in fetch(url, method="POST", data=b"foo: bar\n").text
 
 
+STORAGE = ["siderolabs/iscsi-tools", "siderolabs/util-linux-tools"]
+NEWER_ONLY = "siderolabs/nvidia-open-gpu-kernel-modules-production"  # offered from v1.12.0 on
+
+
+def schematic_with(*extensions: str) -> bytes:
+    return json.dumps({"customization": {"systemExtensions": {"officialExtensions": list(extensions)}}}).encode()
+
+
+def register(sim: UpstreamSimulator, body: bytes) -> str:
+    answer = fetch(f"{sim.factory_url}/schematics", method="POST", data=body)
+    assert answer.status == 201, answer.text
+    return answer.json()["id"]
+
+
+def test_official_extensions_per_version(shared_sim):
+    def listing(version: str) -> Answer:
+        return fetch(f"{shared_sim.factory_url}/version/{version}/extensions/official")
+
+    answer = listing("v1.12.0")
+    assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/plain")  # JSON all the same
+    extensions = answer.json()
+    names = [e["name"] for e in extensions]
+    wanted = {"siderolabs/qemu-guest-agent", "siderolabs/zfs", "siderolabs/drbd", "siderolabs/tailscale", *STORAGE}
+    assert wanted <= set(names) and any(n.startswith("siderolabs/nvidia-") for n in names)
+    for extension in extensions:
+        assert set(extension) == {"name", "ref", "digest", "author", "description"}
+        assert extension["ref"].startswith(f"ghcr.io/{extension['name']}:")
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", extension["digest"])
+    zfs = {e["name"]: e for e in extensions}["siderolabs/zfs"]
+    assert zfs["ref"].endswith("-v1.12.0")  # kernel modules are built per Talos release
+    older = [e["name"] for e in listing("v1.11.5").json()]
+    assert NEWER_ONLY in names and NEWER_ONLY not in older and set(older) < set(names)
+    assert listing("1.11.5").json() == listing("v1.11.5").json()
+    for version, status, body in [
+        ("v1.99.0", 404, "version 1.99.0 is not available\n"),
+        ("v1.11.0-rc.0", 404, "version 1.11.0-rc.0 is not available\n"),  # GitHub lists it, the factory does not
+        ("latest", 500, "internal server error\n"),
+    ]:
+        assert (listing(version).status, listing(version).text) == (status, body)
+    refused = fetch(f"{shared_sim.factory_url}/version/v1.12.0/extensions/official", method="POST", data=b"{}")
+    assert refused.status == 405
+
+
+def test_images_of_schematics_with_extensions(sim):
+    storage = register(sim, schematic_with(*STORAGE))
+    assert register(sim, schematic_with(*STORAGE)) == storage  # idempotent
+    canonical = fetch(f"{sim.factory_url}/schematics/{storage}").body
+    assert sha256(canonical) == storage  # the id is the sha256 of the canonical YAML
+    vanilla = fetch(sim.image_url("v1.12.0", "amd64")).body
+    extended = fetch(sim.image_url("v1.12.0", "amd64", schematic=storage)).body
+    assert extended[:4] == b"QFI\xfb" and sha256(extended) != sha256(vanilla)
+
+    newer_only = register(sim, schematic_with("siderolabs/qemu-guest-agent", NEWER_ONLY))
+    builds = sim.build_stats().started
+    for method in ("GET", "HEAD"):
+        refused = fetch(sim.image_url("v1.11.5", "amd64", schematic=newer_only), method=method)
+        assert refused.status == 400 and refused.headers["Content-Type"].startswith("text/plain")
+    refused = fetch(sim.image_url("v1.11.5", "amd64", schematic=newer_only))
+    assert refused.text == f'official extension "{NEWER_ONLY}" is not available for Talos version v1.11.5\n'
+    assert sim.build_stats().started == builds and sim.total_downloads() == 2  # nothing built or sent
+    assert fetch(sim.image_url("v1.12.0", "amd64", schematic=newer_only)).status == 200
+
+    unknown = register(sim, schematic_with("siderolabs/does-not-exist"))  # schematics are not checked...
+    assert fetch(sim.image_url("v1.12.1", "arm64", schematic=unknown)).status == 400  # ...images are
+    renamed = register(sim, schematic_with("siderolabs/nvidia-open-gpu-kernel-modules"))  # the old name
+    assert fetch(sim.image_url("v1.11.5", "amd64", schematic=renamed)).status == 200
+
+
 # ---------------------------------------------------------------------------- faults
 def test_fault_500_and_503(sim):
     url = f"{sim.factory_url}/versions"
@@ -781,6 +849,18 @@ def test_production_counters():
         sim.reset_counters()
         assert (sim.github_requests(), sim.downloads_by_image(), sim.build_stats().started) == (0, {}, 0)
         assert fetch(sim.image_url("v1.13.1", "amd64")).status == 302  # built images stay built
+
+
+def test_production_extensions_make_images_larger():
+    with production(scale=0.01) as sim:
+        nvidia = register(sim, schematic_with("siderolabs/nvidia-open-gpu-kernel-modules-lts"))
+
+        def length(schematic: str) -> int:
+            return int(
+                fetch(sim.image_url("v1.13.0", "amd64", schematic=schematic), method="HEAD").headers["Content-Length"]
+            )
+
+        assert length(nvidia) - length(VANILLA_SCHEMATIC) > 0.3 * MIB  # tens of MiB at full size
 
 
 def test_profile_arguments_are_checked():

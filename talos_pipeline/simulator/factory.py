@@ -1,9 +1,11 @@
 """The Talos Image Factory's routes, as clients see them (docs/talos-upstream.md, "Image Factory").
 
 ``GET /versions``, ``POST /schematics``, ``GET /schematics/<id>``,
+``GET /version/<version>/extensions/official`` (`extensions.py`),
 ``GET|HEAD /image/<schematic>/<version>/<platform>-<arch>.qcow2`` with the factory's status codes
 and plain-text errors, no ETag/Last-Modified/Range, cold builds (`builds.py`) and an optional 302
-to ``/cdn/...`` (the object store the real factory redirects to).
+to ``/cdn/...`` (the object store the real factory redirects to). An image's bytes depend on its
+schematic, so a schematic with extensions gets other bytes than the vanilla one.
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ from enum import StrEnum
 from urllib.parse import unquote
 
 from .builds import BuildQueue
+from .extensions import extension_bytes, missing_extensions, offered_extensions
 from .images import ImageCache, ImageFile, ImageKey, ImageSizes, normalize_version
 from .messages import TEXT, Request, Response, json_answer, only, text
 from .releases import ReleaseHistory, parse_semver
-from .schematics import VANILLA_SCHEMATIC_YAML, SchematicError, canonical_schematic, schematic_id
+from .schematics import (
+    VANILLA_SCHEMATIC_YAML,
+    SchematicError,
+    canonical_schematic,
+    official_extensions,
+    schematic_id,
+)
 
 __all__ = ["ARCHES", "PLATFORMS", "QCOW2_CONTENT_TYPE", "VANILLA_SCHEMATIC", "ImageFactory", "Redirect"]
 
@@ -31,6 +40,7 @@ PLATFORMS = frozenset(
 )  # fmt: skip
 QCOW2_CONTENT_TYPE = "application/x-qemu-disk"
 _IMAGE_FILE_RE = re.compile(r"^(?P<stem>[^.]+)\.(?P<ext>.+)$")
+_EXTENSIONS_RE = re.compile(r"^/version/(?P<version>[^/]+)/extensions/official/?$")
 
 
 class Redirect(StrEnum):
@@ -60,22 +70,31 @@ class ImageFactory:
         self.redirect = redirect
         self._lock = threading.Lock()
         self._schematics: dict[str, str] = {VANILLA_SCHEMATIC: VANILLA_SCHEMATIC_YAML}
+        self._extensions: dict[str, tuple[str, ...]] = {VANILLA_SCHEMATIC: ()}
         self._downloads: dict[ImageKey, int] = {}
 
     # ------------------------------------------------------------------ state
     def register_schematic(self, body: bytes) -> str:
         canonical = canonical_schematic(body)
         sid = schematic_id(canonical)
+        extensions = official_extensions(canonical)
         with self._lock:
             self._schematics[sid] = canonical
+            self._extensions[sid] = extensions
         return sid
 
     def schematic(self, sid: str) -> str | None:
         with self._lock:
             return self._schematics.get(sid)
 
+    def extensions_of(self, sid: str) -> tuple[str, ...]:
+        """The official extensions a registered schematic asks for."""
+        with self._lock:
+            return self._extensions.get(sid, ())
+
     def image_file(self, key: ImageKey) -> ImageFile:
-        return self.images.ensure(key, self.sizes.data_size(key))
+        extra = extension_bytes(self.extensions_of(key.schematic), key.version)
+        return self.images.ensure(key, self.sizes.data_size(key, extra))
 
     def count_download(self, key: ImageKey) -> None:
         with self._lock:
@@ -116,7 +135,25 @@ class ImageFactory:
             return only(request, ("GET", "HEAD")) or self._get_schematic(path)
         if path.startswith("/image/"):
             return only(request, ("GET", "HEAD")) or self._image(request)
+        if (m := _EXTENSIONS_RE.match(path)) is not None:
+            return only(request, ("GET", "HEAD")) or self._extensions_for(unquote(m.group("version")))
         return text(404, "404 page not found")
+
+    def _offered(self, version: str) -> Response | None:
+        """The factory's refusal of a version it cannot build (``version`` starts with "v"), if any."""
+        if parse_semver(version) is None:
+            return text(500, "internal server error")
+        if version not in self.history.factory_versions():
+            return text(404, f"version {version[1:]} is not available")
+        return None
+
+    def _extensions_for(self, version: str) -> Response:
+        version = normalize_version(version)
+        refusal = self._offered(version)
+        if refusal is not None:
+            return refusal
+        listing = [extension.as_json(version) for extension in offered_extensions(version)]
+        return json_answer(200, listing, content_type=TEXT)
 
     def _post_schematic(self, body: bytes) -> Response:
         try:
@@ -141,10 +178,9 @@ class ImageFactory:
         if self.schematic(schematic) is None:
             return text(404, "schematic not found")
         version = normalize_version(version)
-        if parse_semver(version) is None:
-            return text(500, "internal server error")
-        if version not in self.history.factory_versions():
-            return text(404, f"version {version[1:]} is not available")
+        refusal = self._offered(version)
+        if refusal is not None:
+            return refusal
         m = _IMAGE_FILE_RE.match(filename)
         if m is None or "-" not in m.group("stem"):
             return text(400, f"invalid profile path {filename!r}: expected <platform>-<arch>.qcow2")
@@ -158,6 +194,9 @@ class ImageFactory:
             return text(400, f"unknown platform {platform!r}")
         if ext != "qcow2":
             return text(400, f"unsupported image kind {ext!r}: this simulator serves only .qcow2 disk images")
+        missing = missing_extensions(self.extensions_of(schematic), version)
+        if missing:
+            return text(400, f'official extension "{missing[0]}" is not available for Talos version {version}')
         key = ImageKey(schematic, version, platform, arch)
         cached = self._build(key)
         image = self.image_file(key)

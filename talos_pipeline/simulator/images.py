@@ -85,29 +85,34 @@ PRODUCTION_RECIPE = ImageRecipe(tag="p1", cluster_bits=13, min_virtual_size=1246
 
 
 class ImageSizes(Protocol):
-    def data_size(self, key: ImageKey) -> int:
-        """Bytes of content in the image (the qcow2 file adds its metadata)."""
+    def data_size(self, key: ImageKey, extensions: int) -> int:
+        """Bytes of content in the image (the qcow2 file adds its metadata); ``extensions``: bytes they add."""
         ...
 
 
 @dataclass(frozen=True)
 class FixedSize:
+    """Every image the same size, whatever its schematic."""
+
     size: int
 
-    def data_size(self, key: ImageKey) -> int:
+    def data_size(self, key: ImageKey, extensions: int) -> int:
         return self.size
 
 
 @dataclass(frozen=True)
 class RealisticSizes:
-    """`VANILLA_SIZES` per arch, a few percent apart per version, times ``scale`` (0.01: about 2 MiB for amd64)."""
+    """`VANILLA_SIZES` per arch, a few percent apart per version, plus extensions, times ``scale``.
+
+    ``scale`` 0.01 makes a vanilla amd64 image about 2 MiB.
+    """
 
     scale: float = 1.0
 
-    def data_size(self, key: ImageKey) -> int:
+    def data_size(self, key: ImageKey, extensions: int) -> int:
         digest = hashlib.sha256(f"{key.version}/{key.arch}".encode()).digest()
         spread = (int.from_bytes(digest[:4], "big") / 0xFFFFFFFF * 2 - 1) * VERSION_SPREAD
-        return max(1, round(VANILLA_SIZES[key.arch] * (1 + spread) * self.scale))
+        return max(1, round((VANILLA_SIZES[key.arch] * (1 + spread) + extensions) * self.scale))
 
 
 def image_seed(key: ImageKey, generation: int) -> bytes:

@@ -19,7 +19,14 @@ import json
 import re
 from typing import Any
 
-__all__ = ["VANILLA_SCHEMATIC_YAML", "SchematicError", "canonical_schematic", "parse_yaml", "schematic_id"]
+__all__ = [
+    "VANILLA_SCHEMATIC_YAML",
+    "SchematicError",
+    "canonical_schematic",
+    "official_extensions",
+    "parse_yaml",
+    "schematic_id",
+]
 
 VANILLA_SCHEMATIC_YAML = "customization: {}\n"
 
@@ -229,6 +236,13 @@ def canonical_schematic(body: bytes | str) -> str:
 
 def schematic_id(canonical_yaml: str) -> str:
     return hashlib.sha256(canonical_yaml.encode("utf-8")).hexdigest()
+
+
+def official_extensions(canonical_yaml: str) -> tuple[str, ...]:
+    """``customization.systemExtensions.officialExtensions`` of a canonical schematic."""
+    document = parse_yaml(canonical_yaml) or {}
+    customization = document.get("customization") or {}
+    return tuple((customization.get("systemExtensions") or {}).get("officialExtensions") or ())
 
 
 # --------------------------------------------------------------------------- YAML subset parser
