@@ -663,6 +663,10 @@ def test_fault_slow_first_byte(sim):
     started = time.monotonic()
     fetch(f"{sim.factory_url}/versions")
     assert time.monotonic() - started < 0.25
+    slow = sim.set_fault("/versions", "slow_first_byte", count=1, seconds=0.6)
+    started = time.monotonic()
+    assert fetch(f"{sim.factory_url}/versions").status == 200
+    assert time.monotonic() - started >= 0.55 and slow.applied == 1
 
 
 @pytest.mark.parametrize("fault", ["429", "403"])
@@ -683,6 +687,41 @@ def test_set_fault_validates(sim):
         sim.set_fault("/", "explode")
     with pytest.raises(ValueError, match="count"):
         sim.set_fault("/", "500", count=0)
+    with pytest.raises(ValueError, match="seconds applies to the stall and slow_first_byte faults"):
+        sim.set_fault("/", "500", seconds=1)
+    with pytest.raises(ValueError, match="seconds must be a non-negative number"):
+        sim.set_fault("/", "stall", seconds=-1)
+
+
+def test_stall_longer_than_the_read_timeout_looks_like_a_dead_connection():
+    assert UpstreamSimulator().stall_seconds == 2.0  # the default
+    with UpstreamSimulator(disk_size=DISK, stall_seconds=60) as sim:
+        path = image_path("v1.12.0", "amd64")
+        whole = fetch(sim.factory_url + path).body
+        stall = sim.set_fault("/image/", "stall", count=1)
+        conn = http.client.HTTPConnection(sim.host, sim.port, timeout=0.5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()  # headers and half the body arrive, then nothing
+            assert int(response.headers["Content-Length"]) == len(whole)
+            with pytest.raises(TimeoutError):
+                response.read()
+        finally:
+            conn.close()
+        assert stall.applied == 1 and stall.wait(0)
+        short = sim.set_fault("/image/", "stall", count=1, seconds=0.2)  # this fault's own pause
+        started = time.monotonic()
+        assert fetch(sim.factory_url + path).body == whole
+        assert time.monotonic() - started >= 0.2 and short.applied == 1
+
+        def handlers() -> list[threading.Thread]:
+            return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+        assert handlers(), "the first request's handler is still in its 60 s stall"
+    deadline = time.monotonic() + 10
+    while handlers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not handlers(), "stop() did not end the stall"
 
 
 # ---------------------------------------------------------------------------- production profile
