@@ -72,7 +72,10 @@ def parse_semver(tag: str) -> tuple[int, int, int, tuple[str, ...]] | None:
     return int(m.group(1)), int(m.group(2)), int(m.group(3)), pre
 
 
-def semver_key(tag: str) -> tuple:
+SemverKey = tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]
+
+
+def semver_key(tag: str) -> SemverKey:
     """Sort key implementing semver precedence (prereleases before their release)."""
     parsed = parse_semver(tag)
     if parsed is None:
@@ -131,7 +134,7 @@ DEFAULT_RELEASES: tuple[SimulatedRelease, ...] = (
 )
 
 
-def factory_versions(releases) -> list[str]:
+def factory_versions(releases: Iterable[SimulatedRelease]) -> list[str]:
     """What the Image Factory's ``GET /versions`` lists for these releases.
 
     Non-draft semver tags >= v1.2.0, ascending; prereleases only for the newest minor (the minor
@@ -158,7 +161,7 @@ def factory_versions(releases) -> list[str]:
 def newest_first(releases: Iterable[SimulatedRelease]) -> list[SimulatedRelease]:
     """GitHub's listing order: by publication time, newest first."""
 
-    def order(release: SimulatedRelease) -> tuple:
+    def order(release: SimulatedRelease) -> tuple[str, int, SemverKey | tuple[()], str]:
         parsed = parse_semver(release.tag)
         return (release.published_at, 1 if parsed else 0, semver_key(release.tag) if parsed else (), release.tag)
 

@@ -187,7 +187,7 @@ def _inline(value: Any) -> str:
     return _scalar(value)
 
 
-class _SortedDict(dict):
+class _SortedDict(dict[Any, Any]):
     _sorted = True
 
 
@@ -200,7 +200,7 @@ def _sort_free_maps(value: Any) -> Any:
     return value
 
 
-def to_yaml(value: dict) -> str:
+def to_yaml(value: dict[str, Any]) -> str:
     if not value:
         return "{}\n"
     lines: list[str] = []
@@ -373,7 +373,7 @@ class _Flow:
                 continue
             if self.text[i] == '"':
                 try:
-                    value = json.loads(self.text[start : i + 1])
+                    value: str = json.loads(self.text[start : i + 1])
                 except ValueError:
                     raise self.error("unsupported escape in double-quoted string") from None
                 self.pos = i + 1
@@ -381,9 +381,9 @@ class _Flow:
             i += 1
         raise self.error("unterminated double-quoted string")
 
-    def mapping(self) -> dict:
+    def mapping(self) -> dict[Any, Any]:
         self.pos += 1
-        out: dict = {}
+        out: dict[Any, Any] = {}
         while True:
             self.ws()
             if self.text[self.pos : self.pos + 1] == "}":
@@ -408,9 +408,9 @@ class _Flow:
             elif c != "}":
                 raise self.error("expected ',' or '}' in flow mapping (multi-line flow style is not supported)")
 
-    def sequence(self) -> list:
+    def sequence(self) -> list[Any]:
         self.pos += 1
-        out: list = []
+        out: list[Any] = []
         while True:
             self.ws()
             if self.text[self.pos : self.pos + 1] == "]":
@@ -436,7 +436,7 @@ def _inline_value(text: str, line: int) -> Any:
 
 def parse_yaml(text: str) -> Any:
     """Parse the YAML subset described in the module docstring."""
-    lines: list[list] = []  # [indent, content, line number]
+    lines: list[list[Any]] = []  # [indent, content, line number]
     for number, raw in enumerate(text.splitlines(), start=1):
         content = _strip_comment(raw).rstrip()
         if not content.strip():
@@ -464,7 +464,7 @@ def _is_seq_item(body: str) -> bool:
     return body == "-" or body.startswith("- ")
 
 
-def _block(lines: list[list], i: int, indent: int) -> tuple[Any, int]:
+def _block(lines: list[list[Any]], i: int, indent: int) -> tuple[Any, int]:
     body = lines[i][1]
     if _is_seq_item(body):
         return _sequence(lines, i, indent)
@@ -474,7 +474,7 @@ def _block(lines: list[list], i: int, indent: int) -> tuple[Any, int]:
     return value, i + 1
 
 
-def _nested(lines: list[list], i: int, indent: int, allow_same_indent_seq: bool) -> tuple[Any, int]:
+def _nested(lines: list[list[Any]], i: int, indent: int, allow_same_indent_seq: bool) -> tuple[Any, int]:
     """The block value that follows a ``key:`` or ``-`` with nothing after it on the line."""
     if i < len(lines):
         nxt_indent, nxt_body, _ = lines[i]
@@ -485,8 +485,8 @@ def _nested(lines: list[list], i: int, indent: int, allow_same_indent_seq: bool)
     return None, i
 
 
-def _mapping(lines: list[list], i: int, indent: int) -> tuple[dict, int]:
-    out: dict = {}
+def _mapping(lines: list[list[Any]], i: int, indent: int) -> tuple[dict[Any, Any], int]:
+    out: dict[Any, Any] = {}
     while i < len(lines) and lines[i][0] == indent and not _is_seq_item(lines[i][1]):
         _, body, number = lines[i]
         colon = _find_colon(body)
@@ -507,8 +507,8 @@ def _mapping(lines: list[list], i: int, indent: int) -> tuple[dict, int]:
     return out, i
 
 
-def _sequence(lines: list[list], i: int, indent: int) -> tuple[list, int]:
-    out: list = []
+def _sequence(lines: list[list[Any]], i: int, indent: int) -> tuple[list[Any], int]:
+    out: list[Any] = []
     while i < len(lines) and lines[i][0] == indent and _is_seq_item(lines[i][1]):
         _, body, number = lines[i]
         rest = body[1:].lstrip(" ")
