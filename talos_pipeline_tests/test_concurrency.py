@@ -185,22 +185,11 @@ def test_parallel_publishes_of_different_versions_all_reach_the_catalog(pipeline
     _verified(store)
 
 
-def test_publish_killed_mid_download_leaves_a_valid_catalog_and_a_rerun_converges(pipeline_env, simulator, monkeypatch):
+def test_publish_killed_mid_download_leaves_a_valid_catalog_and_a_rerun_converges(pipeline_env, simulator):
     assert publish(["v1.12.0"], ["amd64"], ["nocloud"]).ok
     store = pipeline_env.open()
     before = store.read_bytes(IMAGES_KEY), store.read_bytes(INDEX_KEY)
-    downloading = threading.Event()
-    take_fault = simulator._take_fault
-
-    def spy(path, kinds):
-        fault = take_fault(path, kinds)
-        if fault == "slow_first_byte":
-            downloading.set()
-        return fault
-
-    monkeypatch.setattr(simulator, "_take_fault", spy)
-    simulator.slow_first_byte_seconds = 60
-    simulator.set_fault("/image/", "slow_first_byte")
+    downloading = simulator.set_fault("/image/", "slow_first_byte", seconds=60)
     proc = subprocess.Popen(
         [*CLI, "publish", "v1.12.1", *PUBLISH_ONE], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -7,12 +7,17 @@ import hashlib
 import http.client
 import io
 import json
+import queue
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -21,19 +26,19 @@ import pytest
 from talos_pipeline.simulator import (
     DEFAULT_RELEASES,
     VANILLA_SCHEMATIC,
+    ImageKey,
     SimulatedRelease,
     UpstreamSimulator,
     load_releases,
     write_qcow2,
 )
-from talos_pipeline.simulator.__main__ import add_arguments, main, parse_size, run
-from talos_pipeline.simulator.qcow2 import expected_guest_bytes, plan_qcow2
+from talos_pipeline.simulator.command import add_arguments, main, parse_size, run
+from talos_pipeline.simulator.qcow2 import Payload, expected_guest_bytes, plan_qcow2
 from talos_pipeline.simulator.releases import factory_versions
+from talos_pipeline_tests.fake_sigstore.fixtures import missing_tool
 
 QEMU_IMG = shutil.which("qemu-img")
-needs_qemu_img = pytest.mark.skipif(
-    QEMU_IMG is None, reason="qemu-img is not installed (apt-get install qemu-utils); it is the qcow2 validity oracle"
-)
+needs_qemu_img = pytest.mark.usefixtures("qemu_img")
 DISK = 256 * 1024  # small images keep the file fast
 QGA_SCHEMATIC = "ce4c980550dd2ab1b17bbf2b08801c7eb59418eafe8f279833297925d67c7515"
 VISIBLE_NEWEST_FIRST = ["v1.12.1", "v1.12.0", "v1.11.6", "v1.12.0-beta.1", "v1.11.5", "v1.11.0-rc.0"]
@@ -101,6 +106,14 @@ def raw_get(sim: UpstreamSimulator, path: str):
         conn.close()
 
 
+@pytest.fixture
+def qemu_img() -> str:
+    """The qcow2 validity oracle."""
+    if QEMU_IMG is None:
+        missing_tool("qemu-img is not installed (apt-get install qemu-utils); it is the qcow2 validity oracle")
+    return QEMU_IMG
+
+
 @pytest.fixture(scope="module")
 def shared_sim():
     """A read-only simulator shared by tests that do not change its state."""
@@ -162,6 +175,23 @@ def test_qcow2_guest_content_is_the_seeded_stream(tmp_path):
     assert len(guest) == 2 * 1024 * 1024
     assert guest[:data_size] == expected_guest_bytes(b"content", data_size)
     assert guest[data_size:] == bytes(len(guest) - data_size)
+
+
+@needs_qemu_img
+def test_qcow2_aes_ctr_payload_with_8k_clusters(tmp_path):
+    path, raw = tmp_path / "disk.qcow2", tmp_path / "disk.raw"
+    seed = hashlib.sha256(b"production").digest()
+    data_size = 3 * 1024 * 1024 + 5  # several 1 MiB chunks and a partial cluster
+    _write(path, data_size=data_size, seed=seed, virtual_size=8 * 1024 * 1024, cluster_bits=13, payload=Payload.AES_CTR)
+    check = _qemu_img("check", str(path))
+    assert check.returncode == 0 and "No errors were found" in check.stdout, check.stdout + check.stderr
+    assert json.loads(_qemu_img("info", "--output=json", str(path)).stdout)["cluster-size"] == 8192
+    assert _qemu_img("convert", "-O", "raw", str(path), str(raw)).returncode == 0
+    guest = raw.read_bytes()
+    assert guest[:data_size] == expected_guest_bytes(seed, data_size, Payload.AES_CTR)
+    assert guest[:data_size] != expected_guest_bytes(seed, data_size)  # not the default stream
+    with pytest.raises(ValueError, match="32-byte seed"):
+        write_qcow2(io.BytesIO(), data_size=1, seed=b"short", payload=Payload.AES_CTR)
 
 
 def test_qcow2_is_deterministic_and_seed_dependent():
@@ -516,6 +546,74 @@ def test_post_schematics(sim):
     assert "field foo not found" in fetch(url, method="POST", data=b"foo: bar\n").text
 
 
+STORAGE = ["siderolabs/iscsi-tools", "siderolabs/util-linux-tools"]
+NEWER_ONLY = "siderolabs/nvidia-open-gpu-kernel-modules-production"  # offered from v1.12.0 on
+
+
+def schematic_with(*extensions: str) -> bytes:
+    return json.dumps({"customization": {"systemExtensions": {"officialExtensions": list(extensions)}}}).encode()
+
+
+def register(sim: UpstreamSimulator, body: bytes) -> str:
+    answer = fetch(f"{sim.factory_url}/schematics", method="POST", data=body)
+    assert answer.status == 201, answer.text
+    return answer.json()["id"]
+
+
+def test_official_extensions_per_version(shared_sim):
+    def listing(version: str) -> Answer:
+        return fetch(f"{shared_sim.factory_url}/version/{version}/extensions/official")
+
+    answer = listing("v1.12.0")
+    assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/plain")  # JSON all the same
+    extensions = answer.json()
+    names = [e["name"] for e in extensions]
+    wanted = {"siderolabs/qemu-guest-agent", "siderolabs/zfs", "siderolabs/drbd", "siderolabs/tailscale", *STORAGE}
+    assert wanted <= set(names) and any(n.startswith("siderolabs/nvidia-") for n in names)
+    for extension in extensions:
+        assert set(extension) == {"name", "ref", "digest", "author", "description"}
+        assert extension["ref"].startswith(f"ghcr.io/{extension['name']}:")
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", extension["digest"])
+    zfs = {e["name"]: e for e in extensions}["siderolabs/zfs"]
+    assert zfs["ref"].endswith("-v1.12.0")  # kernel modules are built per Talos release
+    older = [e["name"] for e in listing("v1.11.5").json()]
+    assert NEWER_ONLY in names and NEWER_ONLY not in older and set(older) < set(names)
+    assert listing("1.11.5").json() == listing("v1.11.5").json()
+    for version, status, body in [
+        ("v1.99.0", 404, "version 1.99.0 is not available\n"),
+        ("v1.11.0-rc.0", 404, "version 1.11.0-rc.0 is not available\n"),  # GitHub lists it, the factory does not
+        ("latest", 500, "internal server error\n"),
+    ]:
+        assert (listing(version).status, listing(version).text) == (status, body)
+    refused = fetch(f"{shared_sim.factory_url}/version/v1.12.0/extensions/official", method="POST", data=b"{}")
+    assert refused.status == 405
+
+
+def test_images_of_schematics_with_extensions(sim):
+    storage = register(sim, schematic_with(*STORAGE))
+    assert register(sim, schematic_with(*STORAGE)) == storage  # idempotent
+    canonical = fetch(f"{sim.factory_url}/schematics/{storage}").body
+    assert sha256(canonical) == storage  # the id is the sha256 of the canonical YAML
+    vanilla = fetch(sim.image_url("v1.12.0", "amd64")).body
+    extended = fetch(sim.image_url("v1.12.0", "amd64", schematic=storage)).body
+    assert extended[:4] == b"QFI\xfb" and sha256(extended) != sha256(vanilla)
+
+    newer_only = register(sim, schematic_with("siderolabs/qemu-guest-agent", NEWER_ONLY))
+    builds = sim.build_stats().started
+    for method in ("GET", "HEAD"):
+        refused = fetch(sim.image_url("v1.11.5", "amd64", schematic=newer_only), method=method)
+        assert refused.status == 400 and refused.headers["Content-Type"].startswith("text/plain")
+    refused = fetch(sim.image_url("v1.11.5", "amd64", schematic=newer_only))
+    assert refused.text == f'official extension "{NEWER_ONLY}" is not available for Talos version v1.11.5\n'
+    assert sim.build_stats().started == builds and sim.total_downloads() == 2  # nothing built or sent
+    assert fetch(sim.image_url("v1.12.0", "amd64", schematic=newer_only)).status == 200
+
+    unknown = register(sim, schematic_with("siderolabs/does-not-exist"))  # schematics are not checked...
+    assert fetch(sim.image_url("v1.12.1", "arm64", schematic=unknown)).status == 400  # ...images are
+    renamed = register(sim, schematic_with("siderolabs/nvidia-open-gpu-kernel-modules"))  # the old name
+    assert fetch(sim.image_url("v1.11.5", "amd64", schematic=renamed)).status == 200
+
+
 # ---------------------------------------------------------------------------- faults
 def test_fault_500_and_503(sim):
     url = f"{sim.factory_url}/versions"
@@ -565,6 +663,10 @@ def test_fault_slow_first_byte(sim):
     started = time.monotonic()
     fetch(f"{sim.factory_url}/versions")
     assert time.monotonic() - started < 0.25
+    slow = sim.set_fault("/versions", "slow_first_byte", count=1, seconds=0.6)
+    started = time.monotonic()
+    assert fetch(f"{sim.factory_url}/versions").status == 200
+    assert time.monotonic() - started >= 0.55 and slow.applied == 1
 
 
 @pytest.mark.parametrize("fault", ["429", "403"])
@@ -585,6 +687,254 @@ def test_set_fault_validates(sim):
         sim.set_fault("/", "explode")
     with pytest.raises(ValueError, match="count"):
         sim.set_fault("/", "500", count=0)
+    with pytest.raises(ValueError, match="seconds applies to the stall and slow_first_byte faults"):
+        sim.set_fault("/", "500", seconds=1)
+    with pytest.raises(ValueError, match="seconds must be a non-negative number"):
+        sim.set_fault("/", "stall", seconds=-1)
+
+
+def test_stall_longer_than_the_read_timeout_looks_like_a_dead_connection():
+    assert UpstreamSimulator().stall_seconds == 2.0  # the default
+    with UpstreamSimulator(disk_size=DISK, stall_seconds=60) as sim:
+        path = image_path("v1.12.0", "amd64")
+        whole = fetch(sim.factory_url + path).body
+        stall = sim.set_fault("/image/", "stall", count=1)
+        conn = http.client.HTTPConnection(sim.host, sim.port, timeout=0.5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()  # headers and half the body arrive, then nothing
+            assert int(response.headers["Content-Length"]) == len(whole)
+            with pytest.raises(TimeoutError):
+                response.read()
+        finally:
+            conn.close()
+        assert stall.applied == 1 and stall.wait(0)
+        short = sim.set_fault("/image/", "stall", count=1, seconds=0.2)  # this fault's own pause
+        started = time.monotonic()
+        assert fetch(sim.factory_url + path).body == whole
+        assert time.monotonic() - started >= 0.2 and short.applied == 1
+
+        def handlers() -> list[threading.Thread]:
+            return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+        assert handlers(), "the first request's handler is still in its 60 s stall"
+    deadline = time.monotonic() + 10
+    while handlers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not handlers(), "stop() did not end the stall"
+
+
+# ---------------------------------------------------------------------------- production profile
+MIB = 1024 * 1024
+SCALE = 0.002  # about 390 KiB per amd64 image
+
+
+def production(**kwargs) -> UpstreamSimulator:
+    """The production profile, small, with instant builds unless a test asks for cold ones."""
+    kwargs.setdefault("scale", SCALE)
+    kwargs.setdefault("first_byte_delay", 0)
+    return UpstreamSimulator(profile="production", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def shared_production():
+    with production(download_tick_seconds=0) as sim:
+        yield sim
+
+
+def test_production_release_history(shared_production):
+    sim = shared_production
+    listing = fetch(f"{sim.releases_url}?per_page=100").json()
+    tags = [r["tag_name"] for r in listing]
+    stable = [t for t in tags if re.fullmatch(r"v\d+\.\d+\.\d+", t)]
+    minors = Counter(t.rsplit(".", 1)[0] for t in stable)
+    assert set(minors) == {"v1.10", "v1.11", "v1.12", "v1.13"} and min(minors.values()) >= 5
+    assert len(stable) >= 30
+    published = [r["published_at"] for r in listing]
+    assert published == sorted(published, reverse=True)  # newest first, minors interleaved
+    drafts = [r.tag for r in sim.releases if r.draft]
+    assert len(drafts) >= 2 and not set(drafts) & set(tags)  # hidden from GitHub's listing
+    versions = fetch(f"{sim.factory_url}/versions").json()
+    assert set(stable) <= set(versions)
+    prereleases = [v for v in versions if "-" in v]
+    assert prereleases and {v.split("-")[0] for v in prereleases} == {"v1.14.0"}  # newest minor only
+    assert {"v1.13.0-rc.0", "v1.12.0-beta.1"} <= set(tags) - set(versions)  # older prereleases: GitHub only
+    flags = {r["tag_name"]: r["prerelease"] for r in listing}
+    assert flags["v1.13.0-rc.0"] is False  # a "-rc" tag GitHub does not flag: clients must look at the tag
+    assert "release-1.13" in tags and "release-1.13" not in versions  # not semver
+    for asset in listing[0]["assets"]:
+        assert asset["digest"].startswith("sha256:") and asset["size"] > 0 and asset["download_count"] > 0
+    assert {"metal-amd64.raw.zst", "sha256sum.txt"} <= {a["name"] for a in listing[0]["assets"]}
+    assert "Link" in fetch(sim.releases_url).headers  # the default page of 30 does not hold them all
+
+
+def test_production_listing_etag_changes_with_download_counts():
+    with production(download_tick_seconds=0) as sim:
+        url = f"{sim.releases_url}?per_page=100"
+        first = fetch(url)
+        etag = first.headers["ETag"]
+        assert fetch(url, headers={"If-None-Match": etag}).status == 304
+        sim.tick_downloads()
+        second = fetch(url, headers={"If-None-Match": etag})
+        assert second.status == 200 and second.headers["ETag"] != etag
+
+        def without_counts(releases):
+            return [{**r, "assets": [{**a, "download_count": 0} for a in r["assets"]]} for r in releases]
+
+        assert without_counts(second.json()) == without_counts(first.json())  # the same releases
+        before = [a["download_count"] for r in first.json() for a in r["assets"]]
+        after = [a["download_count"] for r in second.json() for a in r["assets"]]
+        assert all(b > a for a, b in zip(before, after, strict=True))
+    with production(download_tick_seconds=0.2) as moving:  # counts also grow by themselves
+        url = f"{moving.releases_url}?per_page=100"
+        etag = fetch(url).headers["ETag"]
+        deadline = time.monotonic() + 10
+        while fetch(url, headers={"If-None-Match": etag}).status == 304 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert fetch(url, headers={"If-None-Match": etag}).status == 200
+
+
+def test_production_cold_builds_run_six_at_a_time():
+    with production(first_byte_delay=1.0) as sim:
+        urls = [sim.image_url(v, "amd64") for v in sim.versions()[:10]]
+        started = time.monotonic()
+        with ThreadPoolExecutor(len(urls)) as pool:
+            heads = list(pool.map(lambda url: fetch(url, method="HEAD"), urls))  # HEAD builds too
+        elapsed = time.monotonic() - started
+        assert [h.status for h in heads] == [200] * len(urls)
+        stats = sim.build_stats()
+        assert (stats.started, stats.max_concurrent, stats.queue_waits) == (10, 6, 4)
+        assert elapsed >= 1.9  # four requests waited for a slot, then for their own build
+        assert (stats.running, stats.queued) == (0, 0)
+
+        assert fetch(urls[0], method="HEAD").status == 200
+        assert sim.build_stats().started == 10  # built once, cached since
+        cold = sim.image_url(sim.versions()[-1], "arm64")
+        with ThreadPoolExecutor(4) as pool:
+            assert {a.status for a in pool.map(lambda _: fetch(cold, method="HEAD"), range(4))} == {200}
+        assert sim.build_stats().started == 11  # four requests for one image share one build
+
+
+def test_production_redirects_only_built_images_and_never_heads():
+    with production() as sim:
+        url = sim.image_url("v1.13.0", "amd64")
+        built_now = fetch(url)  # cold: the factory builds it and answers directly
+        assert built_now.status == 200 and sim.downloads("v1.13.0", "amd64") == 1
+        head = fetch(url, method="HEAD")
+        assert head.status == 200 and "Location" not in head.headers
+        cached = fetch(url)
+        assert cached.status == 302
+        location = cached.headers["Location"]
+        assert location.startswith(f"{sim.url}/cdn/") and location.endswith("/nocloud-amd64.qcow2")
+        assert sim.downloads("v1.13.0", "amd64") == 1  # a 302 is not a download
+        followed = fetch(url, follow=True)
+        assert followed.body == built_now.body and sim.downloads("v1.13.0", "amd64") == 2
+        other = sim.image_url("v1.13.0", "arm64", "metal")
+        assert fetch(other, method="HEAD").status == 200  # a HEAD builds the image...
+        assert fetch(other).status == 302  # ...so the first GET is already redirected
+
+
+@needs_qemu_img
+def test_production_images_are_qcow2_with_8k_clusters(shared_production):
+    path = shared_production.image_path("v1.12.0", "amd64")
+    check = _qemu_img("check", str(path))
+    assert check.returncode == 0 and "No errors were found" in check.stdout, check.stdout + check.stderr
+    info = json.loads(_qemu_img("info", "--output=json", str(path)).stdout)
+    assert info["format"] == "qcow2" and info["cluster-size"] == 8192
+    assert info["virtual-size"] == 1246 * MIB  # about 1.2 GiB, like the factory's disks
+
+
+def test_production_sizes_per_arch_follow_the_scale():
+    expected = {"amd64": 191 * MIB, "arm64": 86 * MIB}
+    for scale in (0.01, 0.02):
+        with production(scale=scale) as sim:
+            for arch, size in expected.items():
+                lengths = [
+                    int(fetch(sim.image_url(v, arch), method="HEAD").headers["Content-Length"])
+                    for v in sim.versions()[:8]
+                ]
+                low, high = 0.97 * size * scale, 1.03 * size * scale + 64 * 1024  # + qcow2 metadata
+                assert all(low <= n <= high for n in lengths), (arch, scale, lengths)
+                assert len(set(lengths)) > 1  # versions differ by a few percent
+
+
+def test_production_images_are_deterministic_across_restarts(tmp_path):
+    cache = tmp_path / "cache"
+    with production(cache_dir=cache, download_tick_seconds=0) as sim:
+        image = fetch(sim.image_url("v1.11.5", "arm64")).body
+        listing = fetch(f"{sim.releases_url}?per_page=100").text.replace(sim.url, "BASE")
+    files = {f: f.stat().st_mtime_ns for f in cache.iterdir()}
+    assert len(files) == 1
+    with production(cache_dir=cache, download_tick_seconds=0) as again:
+        assert fetch(again.image_url("v1.11.5", "arm64")).body == image
+        assert fetch(f"{again.releases_url}?per_page=100").text.replace(again.url, "BASE") == listing
+    assert {f: f.stat().st_mtime_ns for f in cache.iterdir()} == files  # reused, not regenerated
+    with production() as fresh:  # generated again from nothing: the same bytes
+        assert fetch(fresh.image_url("v1.11.5", "arm64")).body == image
+
+
+def test_production_counters():
+    with production() as sim:
+        listing = fetch(f"{sim.releases_url}?per_page=20")
+        fetch(_links(listing.headers["Link"])["next"])
+        fetch(f"{sim.releases_url}/tags/v1.13.0")
+        fetch(f"{sim.factory_url}/versions")  # the factory is not GitHub
+        assert sim.github_requests() == 3
+        assert sim.github_requests("/repos/siderolabs/talos/releases") == 1
+        assert sim.github_requests_by_path()["/repos/siderolabs/talos/releases/tags/v1.13.0"] == 1
+        fetch(sim.image_url("v1.13.1", "amd64"))
+        assert sim.downloads_by_image() == {ImageKey(VANILLA_SCHEMATIC, "v1.13.1", "nocloud", "amd64"): 1}
+        assert sim.build_stats().started == 1
+        sim.reset_counters()
+        assert (sim.github_requests(), sim.downloads_by_image(), sim.build_stats().started) == (0, {}, 0)
+        assert fetch(sim.image_url("v1.13.1", "amd64")).status == 302  # built images stay built
+
+
+def test_production_extensions_make_images_larger():
+    with production(scale=0.01) as sim:
+        nvidia = register(sim, schematic_with("siderolabs/nvidia-open-gpu-kernel-modules-lts"))
+
+        def length(schematic: str) -> int:
+            return int(
+                fetch(sim.image_url("v1.13.0", "amd64", schematic=schematic), method="HEAD").headers["Content-Length"]
+            )
+
+        assert length(nvidia) - length(VANILLA_SCHEMATIC) > 0.3 * MIB  # tens of MiB at full size
+
+
+def test_profile_arguments_are_checked():
+    with pytest.raises(ValueError, match="unknown simulator profile 'huge'"):
+        UpstreamSimulator(profile="huge")
+    with pytest.raises(ValueError, match="use scale"):
+        UpstreamSimulator(profile="production", disk_size=DISK)
+    with pytest.raises(ValueError, match="scale applies to the production profile"):
+        UpstreamSimulator(scale=0.5)
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        UpstreamSimulator(profile="production", scale=0)
+    with pytest.raises(ValueError, match="build_slots"):
+        UpstreamSimulator(build_slots=0)
+    with pytest.raises(ValueError, match="redirect must be"):
+        UpstreamSimulator(redirect="sometimes")
+
+
+def test_simulate_upstream_production_profile_through_the_cli():
+    command = [sys.executable, "-m", "talos_pipeline.cli", "simulate-upstream", "--port", "0"]
+    command += ["--profile", "production", "--scale", "0.01", "--first-byte-delay", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        output = []
+        while not output or not output[-1].startswith("Serving"):
+            output.append(lines.get(timeout=60))
+        factory = next(line for line in output if line.startswith("Image Factory:")).split(": ", 1)[1].strip()
+        versions = fetch(f"{factory}/versions").json()
+        assert len(versions) >= 30 and versions[-1].startswith("v1.14.0-")
+        head = fetch(f"{factory}/image/{VANILLA_SCHEMATIC}/v1.13.0/nocloud-arm64.qcow2", method="HEAD")
+        assert 0.97 * 0.86 * MIB <= int(head.headers["Content-Length"]) <= 1.03 * 0.86 * MIB + 64 * 1024
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
 
 
 # ---------------------------------------------------------------------------- construction and CLI
@@ -592,7 +942,7 @@ def test_loopback_only():
     with pytest.raises(ValueError, match="loopback"):
         UpstreamSimulator(host="0.0.0.0")
     with pytest.raises(RuntimeError, match="not running"):
-        UpstreamSimulator().url
+        _ = UpstreamSimulator().url
 
 
 def test_custom_releases_and_ipv6_loopback():

@@ -1,5 +1,7 @@
 """The release history the simulator publishes, and the factory's view of it.
 
+The factory's ``/versions`` rule and GitHub's tag conventions are in docs/talos-upstream.md.
+
 `DEFAULT_RELEASES` reproduces the shapes that trip clients up on the real services:
 
 * two minors whose patch releases interleave with prereleases of the newer one
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +25,13 @@ from pathlib import Path
 __all__ = [
     "DEFAULT_RELEASES",
     "MIN_FACTORY_VERSION",
+    "ReleaseHistory",
+    "SimulatedAsset",
     "SimulatedRelease",
     "factory_versions",
     "format_timestamp",
     "load_releases",
+    "newest_first",
     "parse_semver",
     "semver_key",
 ]
@@ -65,7 +72,10 @@ def parse_semver(tag: str) -> tuple[int, int, int, tuple[str, ...]] | None:
     return int(m.group(1)), int(m.group(2)), int(m.group(3)), pre
 
 
-def semver_key(tag: str) -> tuple:
+SemverKey = tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]
+
+
+def semver_key(tag: str) -> SemverKey:
     """Sort key implementing semver precedence (prereleases before their release)."""
     parsed = parse_semver(tag)
     if parsed is None:
@@ -78,6 +88,15 @@ def semver_key(tag: str) -> tuple:
 
 
 @dataclass(frozen=True)
+class SimulatedAsset:
+    """A file attached to a release; GitHub adds a digest and a download count that keeps growing."""
+
+    name: str
+    size: int
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
 class SimulatedRelease:
     """One GitHub release of siderolabs/talos as the simulator publishes it."""
 
@@ -85,6 +104,7 @@ class SimulatedRelease:
     published_at: str  # YYYY-MM-DDTHH:MM:SSZ (for a draft: when it would be published; GitHub shows null)
     prerelease: bool
     draft: bool = False
+    assets: tuple[SimulatedAsset, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.tag, str) or not _TAG_RE.match(self.tag):
@@ -102,10 +122,6 @@ class SimulatedRelease:
     def published(self) -> datetime:
         return parse_timestamp(self.published_at)
 
-    @property
-    def semver(self) -> tuple[int, int, int, tuple[str, ...]] | None:
-        return parse_semver(self.tag)
-
 
 DEFAULT_RELEASES: tuple[SimulatedRelease, ...] = (
     SimulatedRelease("v1.11.0-rc.0", "2025-08-14T12:03:41Z", prerelease=True),
@@ -118,7 +134,7 @@ DEFAULT_RELEASES: tuple[SimulatedRelease, ...] = (
 )
 
 
-def factory_versions(releases) -> list[str]:
+def factory_versions(releases: Iterable[SimulatedRelease]) -> list[str]:
     """What the Image Factory's ``GET /versions`` lists for these releases.
 
     Non-draft semver tags >= v1.2.0, ascending; prereleases only for the newest minor (the minor
@@ -140,6 +156,55 @@ def factory_versions(releases) -> list[str]:
     newest_minor = tags[newest][:2]
     kept = [t for t, p in tags.items() if not p[3] or p[:2] == newest_minor]
     return sorted(kept, key=semver_key)
+
+
+def newest_first(releases: Iterable[SimulatedRelease]) -> list[SimulatedRelease]:
+    """GitHub's listing order: by publication time, newest first."""
+
+    def order(release: SimulatedRelease) -> tuple[str, int, SemverKey | tuple[()], str]:
+        parsed = parse_semver(release.tag)
+        return (release.published_at, 1 if parsed else 0, semver_key(release.tag) if parsed else (), release.tag)
+
+    return sorted(releases, key=order, reverse=True)
+
+
+class ReleaseHistory:
+    """The releases both services show: GitHub lists them, the factory derives ``/versions`` from them."""
+
+    def __init__(self, releases: Iterable[SimulatedRelease]) -> None:
+        self._lock = threading.Lock()
+        self._releases: dict[str, SimulatedRelease] = {}
+        for release in releases:
+            if not isinstance(release, SimulatedRelease):
+                raise TypeError(f"releases must be SimulatedRelease objects, got {release!r}")
+            self._releases[release.tag] = release
+
+    def put(self, release: SimulatedRelease) -> None:
+        """Add a release, or replace the one with its tag (e.g. a draft getting published)."""
+        with self._lock:
+            self._releases[release.tag] = release
+
+    def remove(self, tag: str) -> None:
+        with self._lock:
+            if self._releases.pop(tag, None) is None:
+                raise KeyError(f"no release {tag!r}")
+
+    def newest_first(self) -> list[SimulatedRelease]:
+        """Every release, drafts included."""
+        with self._lock:
+            return newest_first(self._releases.values())
+
+    def visible(self) -> list[SimulatedRelease]:
+        """What GitHub lists to a caller without push access: no drafts."""
+        return [release for release in self.newest_first() if not release.draft]
+
+    def factory_versions(self) -> list[str]:
+        with self._lock:
+            return factory_versions(self._releases.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._releases)
 
 
 _FIELDS = {"tag", "published_at", "prerelease", "draft"}

@@ -5,7 +5,7 @@ re-marshals it with Go's yaml.v3 (4-space indent, struct field order, empty opti
 dropped) and takes the sha256 of that canonical YAML as the id. This module mirrors that for the
 fields that exist, so ids match the real factory for ordinary schematics:
 ``customization: {}`` -> ``376567988ad3...`` (vanilla) and the qemu-guest-agent schematic ->
-``ce4c980550dd...``.
+``ce4c980550dd...`` (docs/talos-upstream.md, "Schematics").
 
 Stdlib only, so YAML support is a small subset: block mappings and sequences, single-line flow
 collections (``{}``, ``[a, b]``, ``{k: v}``), plain and quoted scalars, comments. JSON bodies are
@@ -19,7 +19,14 @@ import json
 import re
 from typing import Any
 
-__all__ = ["VANILLA_SCHEMATIC_YAML", "SchematicError", "canonical_schematic", "parse_yaml", "schematic_id"]
+__all__ = [
+    "VANILLA_SCHEMATIC_YAML",
+    "SchematicError",
+    "canonical_schematic",
+    "official_extensions",
+    "parse_yaml",
+    "schematic_id",
+]
 
 VANILLA_SCHEMATIC_YAML = "customization: {}\n"
 
@@ -180,7 +187,7 @@ def _inline(value: Any) -> str:
     return _scalar(value)
 
 
-class _SortedDict(dict):
+class _SortedDict(dict[Any, Any]):
     _sorted = True
 
 
@@ -193,7 +200,7 @@ def _sort_free_maps(value: Any) -> Any:
     return value
 
 
-def to_yaml(value: dict) -> str:
+def to_yaml(value: dict[str, Any]) -> str:
     if not value:
         return "{}\n"
     lines: list[str] = []
@@ -229,6 +236,13 @@ def canonical_schematic(body: bytes | str) -> str:
 
 def schematic_id(canonical_yaml: str) -> str:
     return hashlib.sha256(canonical_yaml.encode("utf-8")).hexdigest()
+
+
+def official_extensions(canonical_yaml: str) -> tuple[str, ...]:
+    """``customization.systemExtensions.officialExtensions`` of a canonical schematic."""
+    document = parse_yaml(canonical_yaml) or {}
+    customization = document.get("customization") or {}
+    return tuple((customization.get("systemExtensions") or {}).get("officialExtensions") or ())
 
 
 # --------------------------------------------------------------------------- YAML subset parser
@@ -359,7 +373,7 @@ class _Flow:
                 continue
             if self.text[i] == '"':
                 try:
-                    value = json.loads(self.text[start : i + 1])
+                    value: str = json.loads(self.text[start : i + 1])
                 except ValueError:
                     raise self.error("unsupported escape in double-quoted string") from None
                 self.pos = i + 1
@@ -367,9 +381,9 @@ class _Flow:
             i += 1
         raise self.error("unterminated double-quoted string")
 
-    def mapping(self) -> dict:
+    def mapping(self) -> dict[Any, Any]:
         self.pos += 1
-        out: dict = {}
+        out: dict[Any, Any] = {}
         while True:
             self.ws()
             if self.text[self.pos : self.pos + 1] == "}":
@@ -394,9 +408,9 @@ class _Flow:
             elif c != "}":
                 raise self.error("expected ',' or '}' in flow mapping (multi-line flow style is not supported)")
 
-    def sequence(self) -> list:
+    def sequence(self) -> list[Any]:
         self.pos += 1
-        out: list = []
+        out: list[Any] = []
         while True:
             self.ws()
             if self.text[self.pos : self.pos + 1] == "]":
@@ -422,7 +436,7 @@ def _inline_value(text: str, line: int) -> Any:
 
 def parse_yaml(text: str) -> Any:
     """Parse the YAML subset described in the module docstring."""
-    lines: list[list] = []  # [indent, content, line number]
+    lines: list[list[Any]] = []  # [indent, content, line number]
     for number, raw in enumerate(text.splitlines(), start=1):
         content = _strip_comment(raw).rstrip()
         if not content.strip():
@@ -450,7 +464,7 @@ def _is_seq_item(body: str) -> bool:
     return body == "-" or body.startswith("- ")
 
 
-def _block(lines: list[list], i: int, indent: int) -> tuple[Any, int]:
+def _block(lines: list[list[Any]], i: int, indent: int) -> tuple[Any, int]:
     body = lines[i][1]
     if _is_seq_item(body):
         return _sequence(lines, i, indent)
@@ -460,7 +474,7 @@ def _block(lines: list[list], i: int, indent: int) -> tuple[Any, int]:
     return value, i + 1
 
 
-def _nested(lines: list[list], i: int, indent: int, allow_same_indent_seq: bool) -> tuple[Any, int]:
+def _nested(lines: list[list[Any]], i: int, indent: int, allow_same_indent_seq: bool) -> tuple[Any, int]:
     """The block value that follows a ``key:`` or ``-`` with nothing after it on the line."""
     if i < len(lines):
         nxt_indent, nxt_body, _ = lines[i]
@@ -471,8 +485,8 @@ def _nested(lines: list[list], i: int, indent: int, allow_same_indent_seq: bool)
     return None, i
 
 
-def _mapping(lines: list[list], i: int, indent: int) -> tuple[dict, int]:
-    out: dict = {}
+def _mapping(lines: list[list[Any]], i: int, indent: int) -> tuple[dict[Any, Any], int]:
+    out: dict[Any, Any] = {}
     while i < len(lines) and lines[i][0] == indent and not _is_seq_item(lines[i][1]):
         _, body, number = lines[i]
         colon = _find_colon(body)
@@ -493,8 +507,8 @@ def _mapping(lines: list[list], i: int, indent: int) -> tuple[dict, int]:
     return out, i
 
 
-def _sequence(lines: list[list], i: int, indent: int) -> tuple[list, int]:
-    out: list = []
+def _sequence(lines: list[list[Any]], i: int, indent: int) -> tuple[list[Any], int]:
+    out: list[Any] = []
     while i < len(lines) and lines[i][0] == indent and _is_seq_item(lines[i][1]):
         _, body, number = lines[i]
         rest = body[1:].lstrip(" ")
