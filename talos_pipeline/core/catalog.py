@@ -46,6 +46,7 @@ again when it leaves.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -59,6 +60,8 @@ from .simplestreams import render_catalog
 from .stores import ObjectMissing, Store
 
 MAX_ATTEMPTS = 30
+RECORD_CACHE_KEY = "state/catalog-records.json"
+RECORD_CACHE_SCHEMA = 1
 
 
 def record_listing(store: Store) -> dict[str, str]:
@@ -66,27 +69,50 @@ def record_listing(store: Store) -> dict[str, str]:
     return {key: info.etag for key, info in store.list_info(RECORDS_PREFIX).items() if key.endswith(".json")}
 
 
-def load_records(store: Store, keys: list[str] | None = None) -> tuple[list[ProductRecord], list[str]]:
-    """Every product record in the store (or of `keys`), and the problems that kept others out."""
-    records, problems = [], []
-    if keys is None:
-        keys = list(record_listing(store))
-    for key in keys:
-        if not key.endswith(".json"):
+def _read_cache(store: Store) -> dict[str, tuple[str, ProductRecord]]:
+    """The parsed records of the last rebuild by key, with the ETag each was read at."""
+    try:
+        body = json.loads(store.read_bytes(RECORD_CACHE_KEY))
+        if body.get("schema") != RECORD_CACHE_SCHEMA:
+            return {}
+        return {
+            key: (entry["etag"], ProductRecord.from_dict(entry["record"])) for key, entry in body["records"].items()
+        }
+    except (ObjectMissing, ValueError, TypeError, KeyError, AttributeError):
+        return {}  # no cache, or an unusable one: every record is read again
+
+
+def _write_cache(store: Store, entries: dict[str, tuple[str, ProductRecord]]) -> None:
+    records = {key: {"etag": etag, "record": record.to_dict()} for key, (etag, record) in sorted(entries.items())}
+    body = {"schema": RECORD_CACHE_SCHEMA, "records": records}
+    store.put_bytes(RECORD_CACHE_KEY, (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode())
+
+
+def load_records(
+    store: Store, listing: dict[str, str] | None = None, *, remember: bool = False
+) -> tuple[list[ProductRecord], list[str]]:
+    """Every product record in the store (or in `listing`: key → ETag), and the problems that kept
+    others out. Records whose ETag matches the record cache are not read again; `remember` writes
+    the cache back when it changed (the catalog rebuild does; read-only commands do not)."""
+    listing = record_listing(store) if listing is None else listing
+    cached = _read_cache(store)
+    entries: dict[str, tuple[str, ProductRecord]] = {}
+    problems = []
+    for key, etag in sorted(listing.items()):
+        hit = cached.get(key)
+        if hit is not None and hit[0] == etag:
+            entries[key] = hit
             continue
-        try:
-            record = ProductRecord.from_json(store.read_bytes(key))
-        except ObjectMissing:
+        found = store.read_with_etag(key)
+        if found is None:
             continue  # removed since the listing (prune); the next listing shows it
+        try:
+            entries[key] = (found[1], ProductRecord.from_json(found[0]))
         except (ValueError, TypeError, KeyError) as exc:
             problems.append(f"{key}: unreadable product record ({exc})")
-            continue
-        missing = [k for k in record.object_keys() if not store.exists(k)]
-        if missing:
-            problems.append(f"{key}: left out, objects missing: {', '.join(missing)}")
-            continue
-        records.append(record)
-    return records, problems
+    if remember and entries != cached:
+        _write_cache(store, entries)
+    return [record for _etag, record in entries.values()], problems
 
 
 @dataclass(frozen=True)
@@ -117,7 +143,7 @@ def rebuild_catalog(
         images_now = store.read_with_etag(IMAGES_KEY)
         index_now = store.read_with_etag(INDEX_KEY)
         listing = record_listing(store)
-        records, problems = load_records(store, list(listing))
+        records, problems = load_records(store, listing, remember=True)
         index, images = render_catalog(records, variant_order)
         written, conflict = False, False
         if images_now is None or images_now[0] != images:

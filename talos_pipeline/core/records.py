@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
 
 from .images import ImageRef
 from .variants import Variant
@@ -43,7 +45,7 @@ class ProductRecord:
     upstream_path: str
     signing: str
 
-    @property
+    @cached_property
     def image(self) -> ImageRef:
         return ImageRef(self.version, self.arch, Variant(self.variant, self.platform, self.schematic))
 
@@ -51,13 +53,19 @@ class ProductRecord:
     def product_key(self) -> str:
         return self.image.product_key
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": RECORD_SCHEMA, **asdict(self)}
+
     def to_json(self) -> bytes:
-        body = {"schema": RECORD_SCHEMA, **asdict(self)}
-        return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> ProductRecord:
-        body = json.loads(data)
+        return cls.from_dict(json.loads(data))
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> ProductRecord:
+        body = dict(body)
         if body.pop("schema", None) != RECORD_SCHEMA:
             raise ValueError("unsupported product record schema")
         body["metadata"] = PublishedFile(**body["metadata"])
