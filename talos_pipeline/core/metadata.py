@@ -104,4 +104,7 @@ def read_metadata_yaml(tarball: bytes) -> tuple[bytes, int]:
     """metadata.yaml and its mtime from an `incus.tar.xz` (to rebuild the unified layout)."""
     with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:xz") as tar:
         member = tar.getmember("metadata.yaml")
-        return tar.extractfile(member).read(), int(member.mtime)
+        content = tar.extractfile(member)
+        if content is None:
+            raise ValueError(f"metadata.yaml in the metadata tarball is a {member.type!r} entry, not a regular file")
+        return content.read(), int(member.mtime)
