@@ -2,7 +2,8 @@
 
 Everything here is deterministic: the same image facts give byte-identical output, so a
 rebuild publishes the same fingerprint. Fixed tar header fields (mtime from the release date,
-uid/gid 0, no user names) and a fixed xz preset make that so.
+uid/gid 0, no user names) and a fixed xz preset make that so. What Incus requires of both tarballs:
+docs/incus-simplestreams.md.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@
    orphan: the files of dropped products, and leftovers of killed runs or of rebuilt images whose
    bytes changed. An orphan is deleted only once it has been out of the catalog for at least
    `grace_seconds` (an hour by default: Incus caches the index and keeps asking for what it
-   named). When a file was first seen orphaned is kept in the ledger `state/orphans.json`
-   (`{"orphans": {key: unix time}}`), so the first prune after a drop records and a later one
-   deletes; a file's own modification time counts too when it is later (a file re-uploaded after
+   named, see docs/incus-simplestreams.md). When a file was first seen orphaned is kept in the
+   ledger `state/orphans.json` (`{"orphans": {key: unix time}}`), so the first prune after a drop
+   records and a later one deletes; a file's own modification time counts too when it is later (a file re-uploaded after
    an earlier sighting starts over). `rebuild_catalog` takes files off the ledger when a catalog
    names them again, and any file a record or the catalog names is never touched. Right before
    deleting, prune re-reads the records and the catalog.

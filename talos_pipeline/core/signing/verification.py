@@ -1,6 +1,6 @@
 """Verifying bundles the way `cosign verify-blob` does: a public key for key-mode bundles, an
 identity regexp and an OIDC issuer (checked by the real sigstore verifier against a trusted
-root) for keyless ones.
+root) for keyless ones. The policies and the certificate fields read are in `docs/sigstore.md`.
 """
 
 from __future__ import annotations
