@@ -72,8 +72,8 @@ def main() -> int:
             args.repeat,
             lambda: run_timed(["openssl", "dgst", "-sha256", str(big.image_path(VERSION, "amd64", "nocloud"))])[0],
         )
-        small_s, small_rss = min(publish_once(sims[1], workdir) for _ in range(args.repeat))
-        mid_s, mid_rss = publish_once(sims[16], workdir)
+        small_s, _ = min(publish_once(sims[1], workdir) for _ in range(args.repeat))
+        _, mid_rss = publish_once(sims[16], workdir)
         runs = [publish_once(big, workdir) for _ in range(args.repeat)]
         big_s = sorted(r[0] for r in runs)[len(runs) // 2]
         big_rss = max(r[1] for r in runs)

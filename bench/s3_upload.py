@@ -57,13 +57,13 @@ def _free_port() -> int:
 
 def start_moto(workdir: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    log = open(workdir / "moto.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, **MOTO_ENV),
-    )
+    with open(workdir / "moto.log", "ab") as log:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, **MOTO_ENV),
+        )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -71,7 +71,7 @@ def start_moto(workdir: Path) -> tuple[subprocess.Popen, str]:
             return proc, f"http://127.0.0.1:{port}"
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"moto_server did not start; see {workdir / 'moto.log'}")
+                raise SystemExit(f"moto_server did not start; see {workdir / 'moto.log'}") from None
             time.sleep(0.05)
 
 

@@ -56,14 +56,14 @@ def start_incusd(state_dir: Path, trusted_cert: Path) -> subprocess.Popen:
     system = Path(SYSTEM_CA_BUNDLE).read_bytes() if Path(SYSTEM_CA_BUNDLE).exists() else b""
     bundle.write_bytes(system + b"\n" + trusted_cert.read_bytes())
     env = dict(os.environ, INCUS_DIR=str(state_dir), SSL_CERT_FILE=str(bundle))
-    log = open(state_dir / "incusd.out", "wb")
-    proc = subprocess.Popen(
-        [INCUSD, "--group", "root", "--logfile", str(state_dir / "incusd.log")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(state_dir / "incusd.out", "wb") as log:  # incusd writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            [INCUSD, "--group", "root", "--logfile", str(state_dir / "incusd.log")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         probe = subprocess.run(["incus", "info"], env=env, capture_output=True)

@@ -124,6 +124,7 @@ def test_unified_tarball_layout_is_a_readable_tar_with_a_precomputed_hash():
         assert tar.extractfile("rootfs.img").read() == disk
         yaml, mtime = read_metadata_yaml(tarball)
         assert tar.extractfile("metadata.yaml").read() == yaml
+        assert tar.getmember("metadata.yaml").mtime == tar.getmember("rootfs.img").mtime == mtime
 
 
 def _record(version: str, arch: str, variant: Variant, prerelease: bool = False) -> ProductRecord:

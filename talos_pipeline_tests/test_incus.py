@@ -106,7 +106,7 @@ def test_image_list_shows_every_published_image_with_its_properties(client, stor
     listed = client.json("image", "list", "talos:")
     by_fingerprint = {image["fingerprint"]: image for image in listed}
     assert set(by_fingerprint) == {_fingerprint(p) for p in products.values()}
-    for key, product in products.items():
+    for product in products.values():
         image = by_fingerprint[_fingerprint(product)]
         properties = image["properties"]
         assert properties["os"] == "Talos" and properties["release"] == product["release"]
@@ -187,7 +187,7 @@ def test_a_corrupted_stored_disk_makes_image_copy_fail(tmp_path, store, tls, inc
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    incus, stop, app = _serve_copy(tmp_path, corrupted, tls, incusd, verify_reads=verify_reads)
+    incus, stop, _ = _serve_copy(tmp_path, corrupted, tls, incusd, verify_reads=verify_reads)
     try:
         result = incus.run("image", "copy", "broken:talos/v1.11.6", "local:", "--vm", check=False)
     finally:

@@ -378,7 +378,7 @@ def test_key_mode_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     generate_key_pair(tmp_path / "other.key", other_pub)
     with pytest.raises(SigningError, match="signed with the key " + re.escape(hint) + ", not with the given"):
         verify_bundle(METADATA, meta, key_pem=other_pub.read_bytes())
-    with pytest.raises(SigningError, match="key-mode bundle .* pass the public key"):
+    with pytest.raises(SigningError, match=r"key-mode bundle .* pass the public key"):
         verify_bundle(METADATA, meta, identity_regexp="x", oidc_issuer="y")
 
 

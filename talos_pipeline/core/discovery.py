@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .errors import ConfigError
 from .settings import SETTING_BY_NAME, Settings
@@ -36,6 +37,7 @@ from .versions import TalosVersion, parse_timestamp
 ENV_INCLUDE_PRERELEASES = SETTING_BY_NAME["include_prereleases"].env
 ENV_MIN_VERSION = SETTING_BY_NAME["min_version"].env
 PENDING_WINDOW = timedelta(hours=24)
+_DEFAULT_MIN_VERSION = TalosVersion.parse(SETTING_BY_NAME["min_version"].default)
 
 # GitHub's REST budget: 60 requests/hour per IP without a token (a 304 costs one too), 5,000 with.
 UNAUTHENTICATED_BUDGET_PER_HOUR = 60
@@ -73,7 +75,7 @@ def budget_note(interval: int, authenticated: bool) -> str:
 @dataclass(frozen=True)
 class DiscoveryPolicy:
     include_prereleases: bool = False
-    min_version: TalosVersion = TalosVersion.parse(SETTING_BY_NAME["min_version"].default)
+    min_version: TalosVersion = _DEFAULT_MIN_VERSION
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DiscoveryPolicy:
@@ -143,7 +145,7 @@ def _recent(published_at: str, now: datetime) -> bool:
 
 
 def classify(
-    releases: Iterable[dict], offered: Iterable[str], policy: DiscoveryPolicy, *, now: datetime | None = None
+    releases: Iterable[dict[str, Any]], offered: Iterable[str], policy: DiscoveryPolicy, *, now: datetime | None = None
 ) -> Discovery:
     """Sort GitHub's releases into eligible / invalid / excluded / pending (see the module doc)."""
     now = now or datetime.now(UTC)

@@ -2,9 +2,10 @@
 
 For each chunk read from upstream: the disk's own sha256, the Incus fingerprint
 `sha256(incus.tar.xz || disk)`, and the sha256 of the unified tarball served for direct URL
-import (`prefix || disk || suffix`). Three SHA-256 runs over the same bytes cost more CPU than
-receiving them, so each digest runs on its own thread (hashlib releases the GIL on large
-updates) behind a small bounded queue: memory stays constant whatever the image size.
+import (`prefix || disk || suffix`); docs/incus-simplestreams.md says how Incus checks each.
+Three SHA-256 runs over the same bytes cost more CPU than receiving them, so each digest runs on
+its own thread (hashlib releases the GIL on large updates) behind a small bounded queue: memory
+stays constant whatever the image size.
 """
 
 from __future__ import annotations

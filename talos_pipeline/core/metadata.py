@@ -2,7 +2,8 @@
 
 Everything here is deterministic: the same image facts give byte-identical output, so a
 rebuild publishes the same fingerprint. Fixed tar header fields (mtime from the release date,
-uid/gid 0, no user names) and a fixed xz preset make that so.
+uid/gid 0, no user names) and a fixed xz preset make that so. What Incus requires of both tarballs:
+docs/incus-simplestreams.md.
 """
 
 from __future__ import annotations
@@ -104,4 +105,7 @@ def read_metadata_yaml(tarball: bytes) -> tuple[bytes, int]:
     """metadata.yaml and its mtime from an `incus.tar.xz` (to rebuild the unified layout)."""
     with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:xz") as tar:
         member = tar.getmember("metadata.yaml")
-        return tar.extractfile(member).read(), int(member.mtime)
+        content = tar.extractfile(member)
+        if content is None:
+            raise ValueError(f"metadata.yaml in the metadata tarball is a {member.type!r} entry, not a regular file")
+        return content.read(), int(member.mtime)

@@ -12,9 +12,9 @@
    orphan: the files of dropped products, and leftovers of killed runs or of rebuilt images whose
    bytes changed. An orphan is deleted only once it has been out of the catalog for at least
    `grace_seconds` (an hour by default: Incus caches the index and keeps asking for what it
-   named). When a file was first seen orphaned is kept in the ledger `state/orphans.json`
-   (`{"orphans": {key: unix time}}`), so the first prune after a drop records and a later one
-   deletes; a file's own modification time counts too when it is later (a file re-uploaded after
+   named, see docs/incus-simplestreams.md). When a file was first seen orphaned is kept in the
+   ledger `state/orphans.json` (`{"orphans": {key: unix time}}`), so the first prune after a drop
+   records and a later one deletes; a file's own modification time counts too when it is later (a file re-uploaded after
    an earlier sighting starts over). `rebuild_catalog` takes files off the ledger when a catalog
    names them again, and any file a record or the catalog names is never touched. Right before
    deleting, prune re-reads the records and the catalog.
@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from .catalog import rebuild_catalog
 from .errors import ConfigError
 from .images import IMAGES_KEY, RECORDS_PREFIX, release_state_key
 from .ledger import ORPHANS_KEY, ledger_bytes, read_ledger
@@ -84,7 +85,8 @@ def plan_retention(
     lines: dict[tuple[str, str], list[ProductRecord]] = defaultdict(list)
     for record in records:
         lines[(record.arch, record.variant)].append(record)
-    kept, dropped = [], []
+    kept: list[ProductRecord] = []
+    dropped: list[ProductRecord] = []
     for line in lines.values():
         newest_first = sorted(line, key=lambda r: TalosVersion.parse(r.version), reverse=True)
         keep: set[str] = set()
@@ -101,8 +103,11 @@ def plan_retention(
             keep.add(stable[0].version)
         for record in line:
             (kept if record.version in keep else dropped).append(record)
-    order = lambda r: r.product_key
-    return sorted(kept, key=order), sorted(dropped, key=order)
+    return sorted(kept, key=_product_key), sorted(dropped, key=_product_key)
+
+
+def _product_key(record: ProductRecord) -> str:
+    return record.product_key
 
 
 # -- what is named -------------------------------------------------------------------------
@@ -218,8 +223,6 @@ def prune_store(
     now: float | None = None,
     log: Log | None = None,
 ) -> PruneReport:
-    from .catalog import rebuild_catalog
-
     policy.validated()
     now = time.time() if now is None else now
     say = log or (lambda message: None)

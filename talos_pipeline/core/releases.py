@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UpstreamError
 from .versions import TalosVersion, serial_for
@@ -22,7 +23,7 @@ class ReleaseFacts:
         return serial_for(self.published_at)
 
     @classmethod
-    def from_github(cls, body: dict) -> ReleaseFacts:
+    def from_github(cls, body: dict[str, Any]) -> ReleaseFacts:
         """From one object of GitHub's releases API; a draft (no `published_at`) is an error."""
         tag = body.get("tag_name", "")
         version = TalosVersion.parse(tag)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import StoreError
 from .images import IMAGES_KEY, INDEX_KEY
-from .records import ProductRecord
+from .records import ProductRecord, PublishedFile
 from .stores.base import check_key
 from .variants import INCUS_ARCHITECTURE
 from .versions import TalosVersion
@@ -70,14 +70,14 @@ def _alias_order(alias: str) -> tuple[int, str]:
     return (alias.count("/"), alias)
 
 
-def _item(file, **extra) -> dict:
-    item = {"path": file.path, "sha256": file.sha256, "size": int(file.size), **extra}
+def _item(file: PublishedFile, **extra: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"path": file.path, "sha256": file.sha256, "size": int(file.size), **extra}
     if file.signature:
         item["signature"] = file.signature
     return item
 
 
-def render_product(record: ProductRecord, aliases: list[str]) -> dict:
+def render_product(record: ProductRecord, aliases: list[str]) -> dict[str, Any]:
     metadata = _item(record.metadata, ftype="incus.tar.xz", **{"combined_disk-kvm-img_sha256": record.fingerprint})
     disk = _item(
         record.disk, ftype="disk-kvm.img", unified_sha256=record.unified_sha256, unified_size=record.unified_size
@@ -219,7 +219,7 @@ def _hex(value: object, what: str) -> str:
 
 def _key(value: object, what: str) -> str:
     try:
-        return check_key(value)  # type: ignore[arg-type]
+        return check_key(value)
     except StoreError:
         raise ValueError(f"{what} is not a plain store path: {value!r}") from None
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import requests
 
@@ -89,7 +90,7 @@ class RateLimited(UpstreamError):
 class ReleasesPage:
     """The releases GitHub lists (drafts are never visible), or `not_modified` on a 304."""
 
-    releases: list[dict] = field(default_factory=list)
+    releases: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None
     not_modified: bool = False
 
@@ -140,7 +141,7 @@ class ReleasesClient:
         headers = {"Accept": "application/vnd.github+json"}
         if etag:
             headers["If-None-Match"] = etag
-        url: str | None = f"{self.url}?per_page=100"
+        url = f"{self.url}?per_page=100"
         first = self._get(url, headers)
         if first.status_code == 304:
             return ReleasesPage(etag=etag, not_modified=True)
@@ -153,13 +154,14 @@ class ReleasesClient:
                     "check TALOS_RELEASES_URL and GITHUB_TOKEN"
                 )
             page.releases.extend(self._json_list(url, response))
-            url = response.links.get("next", {}).get("url")
-            if not url:
+            next_url = response.links.get("next", {}).get("url")
+            if not next_url:
                 return page
+            url = next_url
             response = self._get(url, {"Accept": "application/vnd.github+json"})
 
     @staticmethod
-    def _json_list(url: str, response: requests.Response) -> list[dict]:
+    def _json_list(url: str, response: requests.Response) -> list[dict[str, Any]]:
         try:
             body = response.json()
         except ValueError:

@@ -8,7 +8,7 @@
         fake.counters.fulcio_certificates_issued
 
 Pytest fixtures (`fake_sigstore`, `sigstore_ambient`) live in `.fixtures`; import them into a
-test module or conftest to use them.
+test module or conftest to use them. What the fake implements, and why: docs/sigstore.md.
 """
 
 from .server import (

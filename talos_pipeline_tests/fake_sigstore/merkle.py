@@ -41,8 +41,8 @@ def inclusion_path(index: int, leaves: list[bytes]) -> list[bytes]:
         return []
     k = _split(n)
     if index < k:
-        return inclusion_path(index, leaves[:k]) + [root(leaves[k:])]
-    return inclusion_path(index - k, leaves[k:]) + [root(leaves[:k])]
+        return [*inclusion_path(index, leaves[:k]), root(leaves[k:])]
+    return [*inclusion_path(index - k, leaves[k:]), root(leaves[:k])]
 
 
 def root_from_path(index: int, size: int, leaf: bytes, path: list[bytes]) -> bytes:

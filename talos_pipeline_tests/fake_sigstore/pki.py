@@ -2,7 +2,7 @@
 embeds a real precertificate SCT in every leaf, and the Rekor log key.
 
 Everything here is plain `cryptography`; the shapes follow what Fulcio issues for GitHub
-Actions identities (see docs/oid-info.md in sigstore/fulcio).
+Actions identities (the certificate fields are listed in docs/sigstore.md).
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ import threading
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import requests
 from sigstore.hashes import Hashed
 from sigstore.models import ClientTrustConfig
 from sigstore.oidc import IdentityError, IdentityToken, detect_credential
+from sigstore.sign import Signer as SigningSession
 from sigstore.sign import SigningContext
 from sigstore_models.common.v1 import HashAlgorithm
 
@@ -97,7 +97,7 @@ class SigstoreSigner(Signer):
         self._explicit_token = identity_token
         self._lock = threading.RLock()
         self._stack: ExitStack | None = None
-        self._signer: Any = None
+        self._signer: SigningSession | None = None
         self._identity: str | None = None
         self._issuer: str | None = None
         self._cert_not_after: datetime | None = None
@@ -111,8 +111,7 @@ class SigstoreSigner(Signer):
     def _trust_source(self) -> str:
         return self.trust_config_path or "the Sigstore public-good instance"
 
-    def _load_trust_config(self) -> Any:
-
+    def _load_trust_config(self) -> ClientTrustConfig:
         try:
             if self.trust_config_path:
                 try:
@@ -135,8 +134,7 @@ class SigstoreSigner(Signer):
         trust_config.force_tlog_version = 1
         return trust_config
 
-    def _get_token(self) -> Any:
-
+    def _get_token(self) -> IdentityToken:
         raw = self._explicit_token
         if raw is None:
             try:
@@ -163,9 +161,13 @@ class SigstoreSigner(Signer):
 
     def open(self) -> None:
         """Get the identity token and the Fulcio certificate (idempotent)."""
+        self._session()
+
+    def _session(self) -> SigningSession:
+        """The open sigstore signer; the first call gets the token and the certificate."""
         with self._lock:
             if self._signer is not None:
-                return
+                return self._signer
 
             trust_config = self._load_trust_config()
             try:
@@ -208,6 +210,7 @@ class SigstoreSigner(Signer):
                 token.issuer,
                 self._fulcio_url,
             )
+            return signer
 
     def close(self) -> None:
         with self._lock:
@@ -218,7 +221,7 @@ class SigstoreSigner(Signer):
 
     # -- signing --------------------------------------------------------------------------
 
-    def _sign(self, payload: Any, what: str) -> bytes:
+    def _sign(self, payload: bytes | Hashed, what: str) -> bytes:
         with self._lock:
             if (
                 self._signer is not None
@@ -227,15 +230,15 @@ class SigstoreSigner(Signer):
             ):
                 _logger.info("Sigstore: signing certificate about to expire; getting a new one")
                 self.close()
-            self.open()
+            session = self._session()
             try:
-                bundle = self._signer.sign_artifact(payload)
+                bundle = session.sign_artifact(payload)
             except Exception as exc:
                 if type(exc).__name__ == "ExpiredCertificate":
                     self.close()
-                    self.open()
+                    session = self._session()
                     try:
-                        bundle = self._signer.sign_artifact(payload)
+                        bundle = session.sign_artifact(payload)
                     except Exception as exc2:
                         raise SigningError(
                             f"Sigstore signing of {what} failed: " + _explain(exc2, "Rekor", self._rekor_url)
@@ -253,7 +256,6 @@ class SigstoreSigner(Signer):
         return self._sign(data, f"{len(data)} bytes (sha256 {hashlib.sha256(data).hexdigest()})")
 
     def sign_digest(self, sha256_hex: str) -> bytes:
-
         hex_digest = normalize_digest(sha256_hex)
         hashed = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(hex_digest))
         return self._sign(hashed, f"sha256:{hex_digest}")

@@ -1,6 +1,6 @@
 """Verifying bundles the way `cosign verify-blob` does: a public key for key-mode bundles, an
 identity regexp and an OIDC issuer (checked by the real sigstore verifier against a trusted
-root) for keyless ones.
+root) for keyless ones. The policies and the certificate fields read are in `docs/sigstore.md`.
 """
 
 from __future__ import annotations
@@ -50,17 +50,20 @@ def _der_string(value: bytes) -> str:
 
 def certificate_issuer(cert: x509.Certificate) -> str | None:
     """The OIDC issuer in a Fulcio certificate (extension .1.8, else the deprecated .1.1)."""
-    exts = cert.extensions
+    v2 = _unrecognized_extension(cert, _OID_ISSUER_V2)
+    if v2 is not None:
+        return _der_string(v2)
+    v1 = _unrecognized_extension(cert, _OID_ISSUER_V1)
+    return None if v1 is None else v1.decode("utf-8")
+
+
+def _unrecognized_extension(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
+    """The raw value of an extension `cryptography` does not parse (Fulcio's own OIDs)."""
     try:
-        ext = exts.get_extension_for_oid(_OID_ISSUER_V2).value
-        return _der_string(ext.value)  # type: ignore[attr-defined]
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        ext = exts.get_extension_for_oid(_OID_ISSUER_V1).value
-        return ext.value.decode("utf-8")  # type: ignore[attr-defined]
+        ext = cert.extensions.get_extension_for_oid(oid).value
     except x509.ExtensionNotFound:
         return None
+    return ext.value if isinstance(ext, x509.UnrecognizedExtension) else None
 
 
 def certificate_identities(cert: x509.Certificate) -> list[str]:
@@ -115,7 +118,7 @@ class _IdentityPolicy:
 def _load_trusted_root(
     trust_config_path: str | os.PathLike[str] | None,
     trusted_root_path: str | os.PathLike[str] | None,
-) -> tuple[Any, str]:
+) -> tuple[TrustedRoot, str]:
     """A sigstore TrustedRoot from a trusted_root.json or a ClientTrustConfig (either file
     works for either argument), else the public-good root."""
 
@@ -245,7 +248,7 @@ def _verify_keyless(
         bundle = Bundle.from_json(bundle_json)
     except Exception as exc:
         raise SigningError(f"the bundle is not a valid Sigstore bundle: {exc}") from exc
-    subject: bytes | Any
+    subject: bytes | Hashed
     if isinstance(artifact, bytes):
         subject = artifact
     else:

@@ -23,6 +23,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import TracebackType
 
 from ..errors import StoreError
 
@@ -34,7 +35,7 @@ class ObjectMissing(StoreError):
     """The key names no object."""
 
 
-def check_key(key: str) -> str:
+def check_key(key: object) -> str:
     """Refuse anything that is not a plain relative path (no `..`, no leading `/`, no oddities)."""
     if not isinstance(key, str) or not _KEY.match(key) or ".." in key.split("/"):
         raise StoreError(f"invalid store key {key!r}")
@@ -78,7 +79,9 @@ class Upload(ABC):
     def __enter__(self) -> Upload:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None:
             self.abort()
 
@@ -117,7 +120,7 @@ class Store(ABC):
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
-    def check_ready(self) -> None:
+    def check_ready(self) -> None:  # noqa: B027 - an optional hook, empty on purpose
         """Fail early, with a clear message, when the store cannot be used."""
 
     # -- what concurrent publication and retention need -------------------------------------

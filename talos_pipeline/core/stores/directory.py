@@ -24,7 +24,7 @@ class _DirectoryUpload(Upload):
         tmp_dir = store.root / ".tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         self._path = tmp_dir / f"upload-{uuid.uuid4().hex}"
-        self._file = open(self._path, "wb")
+        self._file = open(self._path, "wb")  # noqa: SIM115 - the upload owns it until commit or abort closes it
 
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
@@ -76,7 +76,7 @@ class DirectoryStore(Store):
 
     def iter_range(self, key: str, start: int = 0, end: int | None = None, chunk_size: int = CHUNK) -> Iterator[bytes]:
         try:
-            handle = open(self.path_for(key), "rb")
+            handle = open(self.path_for(key), "rb")  # noqa: SIM115 - `with` below; only a missing file is ObjectMissing
         except FileNotFoundError:
             raise ObjectMissing(f"{key} is not in the store at {self.root}") from None
         with handle:
@@ -115,11 +115,10 @@ class DirectoryStore(Store):
 
     def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
         try:
-            handle = open(self.path_for(key), "rb")
+            with open(self.path_for(key), "rb") as handle:  # the open file pins the inode: bytes and ETag agree
+                return handle.read(), _info(os.fstat(handle.fileno())).etag
         except FileNotFoundError:
             return None
-        with handle:  # the open file pins the inode: its bytes and its ETag belong together
-            return handle.read(), _info(os.fstat(handle.fileno())).etag
 
     def put_if(self, key: str, data: bytes, etag: str | None) -> bool:
         target = self.path_for(key)
@@ -143,7 +142,7 @@ class DirectoryStore(Store):
 
     def temporaries(self) -> list[Temporary]:
         """`.tmp/upload-*` (disk uploads) and `.tmp-*` files beside their targets (small writes)."""
-        found = []
+        found: list[Temporary] = []
         if not self.root.is_dir():
             return found
         for dirpath, dirnames, filenames in os.walk(self.root):

@@ -51,7 +51,7 @@ import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import boto3
 from botocore.config import Config
@@ -70,6 +70,10 @@ from ..media import content_type_for
 from ..settings import S3UploadMode
 from .base import CHUNK, ObjectInfo, ObjectMissing, Store, Temporary, Upload, check_key
 from .s3_uploads import STAGING, S3SpoolUpload, S3StreamUpload
+
+if TYPE_CHECKING:  # the boto3-stubs of the dev extra; at run time the client is built by boto3
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, GetObjectOutputTypeDef, PutObjectOutputTypeDef
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MIB
@@ -90,18 +94,18 @@ _CREDENTIAL_CODES = {
 
 # Client settings: short connect timeouts so a dead endpoint is noticed quickly; the probe used
 # by `check_ready` gives up after two attempts.
-_IO_CONFIG = dict(connect_timeout=5, read_timeout=60, retries={"mode": "standard", "max_attempts": 5})
-_PROBE_CONFIG = dict(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 2})
+_IO_CONFIG = Config(connect_timeout=5, read_timeout=60, retries={"mode": "standard", "max_attempts": 5})
+_PROBE_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 2})
 _ENV_KEYS = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
 )  # fmt: skip
-_clients: dict[tuple, Any] = {}
+_clients: dict[tuple[str, int, tuple[str | None, ...]], S3Client] = {}
 _clients_lock = threading.Lock()
 
 
-def _client(kind: str, pool: int = 10):
+def _client(kind: str, pool: int = 10) -> S3Client:
     """One boto3 client per settings and process (creating one costs tens of milliseconds)."""
     env = tuple(os.environ.get(name) for name in _ENV_KEYS)
     key = (kind, pool, env)
@@ -109,7 +113,7 @@ def _client(kind: str, pool: int = 10):
         client = _clients.get(key)
         if client is None:
             settings = _PROBE_CONFIG if kind == "probe" else _IO_CONFIG
-            config = Config(max_pool_connections=pool, user_agent_extra="talos-pipeline", **settings)
+            config = settings.merge(Config(max_pool_connections=pool, user_agent_extra="talos-pipeline"))
             region = os.environ.get("AWS_REGION") or None
             client = boto3.session.Session().client("s3", region_name=region, config=config)
             _clients[key] = client
@@ -126,6 +130,19 @@ def _status(exc: ClientError) -> int:
 
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
+
+
+class _GetOptions(TypedDict, total=False):
+    Range: str
+
+
+class _PutConditions(TypedDict, total=False):
+    IfMatch: str
+    IfNoneMatch: str
+
+
+class _RangeNotSatisfiable(Exception):
+    """GetObject answered 416: the range starts past the end of the object."""
 
 
 class S3Store(Store):
@@ -171,7 +188,7 @@ class S3Store(Store):
         self.s3 = _client("io", pool=max(10, 2 * self.concurrency + 4))
 
     @classmethod
-    def from_url(cls, url: str, **kwargs) -> S3Store:
+    def from_url(cls, url: str, **kwargs: Any) -> S3Store:
         """`s3://bucket[/prefix]`, as in `TALOS_STORE`."""
         if not url.startswith("s3://"):
             raise ConfigError(f"TALOS_STORE={url!r}: expected s3://bucket[/prefix]")
@@ -195,7 +212,7 @@ class S3Store(Store):
     def raw_key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def failure(self, action: str, key: str, exc: Exception) -> StoreError:
+    def failure(self, action: str, key: str, exc: BaseException) -> StoreError | ConfigError:
         if isinstance(exc, ClientError):
             code, status = _code(exc), _status(exc)
             if code == "NoSuchBucket":
@@ -206,7 +223,8 @@ class S3Store(Store):
                 detail = f"{code or status}: {exc.response.get('Error', {}).get('Message', '') or exc}"
         elif isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return ConfigError(
-                f"{self.url}: no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+                f"{self.url}: no usable AWS credentials ({exc}); "
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
             )
         else:
             detail = f"{type(exc).__name__}: {exc}"
@@ -260,14 +278,14 @@ class S3Store(Store):
             raise self.failure("HeadObject", key, exc) from None
         return ObjectInfo(size=head["ContentLength"], etag=head["ETag"], modified=head["LastModified"].timestamp())
 
-    def _get(self, key: str, **kwargs) -> dict | None:
+    def _get(self, key: str, **options: Unpack[_GetOptions]) -> GetObjectOutputTypeDef | None:
         try:
-            return self.s3.get_object(Bucket=self.bucket, Key=self.raw_key(key), **kwargs)
+            return self.s3.get_object(Bucket=self.bucket, Key=self.raw_key(key), **options)
         except ClientError as exc:
             if _code(exc) in _MISSING_CODES or _status(exc) == 404:
                 return None
             if _code(exc) == "InvalidRange" or _status(exc) == 416:
-                return {}
+                raise _RangeNotSatisfiable from None
             raise self.failure("GetObject", key, exc) from None
         except BotoCoreError as exc:
             raise self.failure("GetObject", key, exc) from None
@@ -295,14 +313,15 @@ class S3Store(Store):
         if end is not None and end <= start:
             self.raw_key(key)
             return
-        kwargs = {}
+        options: _GetOptions = {}
         if start > 0 or end is not None:
-            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        response = self._get(key, **kwargs)
+            options["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            response = self._get(key, **options)
+        except _RangeNotSatisfiable:  # the range starts past the end, like reading past EOF
+            return
         if response is None:
             raise self._missing(key)
-        if not response:  # 416: the range starts past the end, like reading past EOF
-            return
         body = response["Body"]
         try:
             while chunk := body.read(chunk_size):
@@ -353,7 +372,7 @@ class S3Store(Store):
         found = self.read_with_etag(key)
         return found is not None and found[0] == data
 
-    def _put(self, key: str, data: bytes | bytearray, **conditions) -> dict:
+    def _put(self, key: str, data: bytes, **conditions: Unpack[_PutConditions]) -> PutObjectOutputTypeDef:
         return self.s3.put_object(
             Bucket=self.bucket,
             Key=self.raw_key(key),
@@ -373,7 +392,7 @@ class S3Store(Store):
             raise self.failure("PutObject", key, exc) from None
 
     def put_if(self, key: str, data: bytes, etag: str | None) -> bool:
-        conditions = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        conditions: _PutConditions = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
             self._put(key, data, **conditions)
         except ClientError as exc:
@@ -441,7 +460,7 @@ class S3Store(Store):
         ]
         try:
 
-            def copy_part(number: int, start: int) -> dict:
+            def copy_part(number: int, start: int) -> CompletedPartTypeDef:
                 last = min(start + part_size, size) - 1
                 answer = self.s3.upload_part_copy(
                     Bucket=self.bucket,
@@ -488,10 +507,10 @@ class S3Store(Store):
                             entry["Size"],
                         )
                     )
-            for page in self.s3.get_paginator("list_multipart_uploads").paginate(
+            for uploads_page in self.s3.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=self.prefix
             ):
-                for upload in page.get("Uploads", ()):
+                for upload in uploads_page.get("Uploads", ()):
                     if not upload["Key"][len(self.prefix) :].startswith((f"{STAGING}/", "images/")):
                         continue  # not one of ours: we upload in parts to staging and disk keys only
                     modified = self._started(upload["Key"], upload["Initiated"].timestamp())

@@ -24,6 +24,8 @@ from ..media import content_type_for
 from .base import Upload, check_key
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
     from .s3 import S3Store
 
 STAGING = ".staging"
@@ -40,7 +42,7 @@ class S3StreamUpload(Upload):
         self._buffer = bytearray()
         self._size = 0
         self._upload_id: str | None = None
-        self._futures: list[Future] = []
+        self._futures: list[Future[CompletedPartTypeDef]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(store.concurrency)
         self._state = "open"  # → "committed" | "aborted"
@@ -65,12 +67,12 @@ class S3StreamUpload(Upload):
 
     def _raise_failed(self) -> None:
         for future in self._futures:
-            if future.done() and future.exception() is not None:
-                raise self._store.failure("UploadPart", self._staging, future.exception())
+            if future.done() and (error := future.exception()) is not None:
+                raise self._store.failure("UploadPart", self._staging, error)
 
     def _send(self) -> None:
         data, self._buffer = self._buffer, bytearray()
-        if self._upload_id is None:
+        if self._upload_id is None or self._pool is None:
             try:
                 self._upload_id = self._s3.create_multipart_upload(
                     Bucket=self._store.bucket,
@@ -83,23 +85,23 @@ class S3StreamUpload(Upload):
             self._pool = ThreadPoolExecutor(max_workers=self._store.concurrency, thread_name_prefix="s3-part")
         self._slots.acquire()  # at most `concurrency` parts in memory besides the one filling
         try:
-            future = self._pool.submit(self._upload_part, len(self._futures) + 1, data)
+            future = self._pool.submit(self._upload_part, self._upload_id, len(self._futures) + 1, data)
         except BaseException:
             self._slots.release()
             raise
         future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)
 
-    def _upload_part(self, number: int, data: bytearray) -> dict:
+    def _upload_part(self, upload_id: str, number: int, data: bytearray) -> CompletedPartTypeDef:
         answer = self._s3.upload_part(
             Bucket=self._store.bucket,
             Key=self._staging,
-            UploadId=self._upload_id,
+            UploadId=upload_id,
             PartNumber=number,
-            Body=data,
+            Body=data,  # type: ignore[arg-type]  # botocore sends a bytearray as it is; bytes() would copy the part
             ChecksumAlgorithm="SHA256",
         )
-        part = {"PartNumber": number, "ETag": answer["ETag"]}
+        part: CompletedPartTypeDef = {"PartNumber": number, "ETag": answer["ETag"]}
         if answer.get("ChecksumSHA256"):
             part["ChecksumSHA256"] = answer["ChecksumSHA256"]
         return part
@@ -177,7 +179,8 @@ class S3SpoolUpload(Upload):
     def __init__(self, store: S3Store) -> None:
         self._store = store
         self._s3 = store.s3
-        self._file = tempfile.TemporaryFile(prefix="talos-upload-")  # gone with the process
+        # gone with the process; the upload owns it until commit or abort closes it
+        self._file = tempfile.TemporaryFile(prefix="talos-upload-")  # noqa: SIM115
         self._size = 0
         self._state = "open"
         self._upload_id: str | None = None
@@ -214,22 +217,23 @@ class S3SpoolUpload(Upload):
 
     def _multipart(self, key: str) -> None:
         store, fd, part_size = self._store, self._file.fileno(), self._store.part_size
-        self._target = store.raw_key(key)
+        self._target = target = store.raw_key(key)
         try:
             self._upload_id = self._s3.create_multipart_upload(
-                Bucket=store.bucket, Key=self._target, ContentType=content_type_for(key), ChecksumAlgorithm="SHA256"
+                Bucket=store.bucket, Key=target, ContentType=content_type_for(key), ChecksumAlgorithm="SHA256"
             )["UploadId"]
+            upload_id = self._upload_id
 
-            def upload_part(number: int, offset: int) -> dict:
+            def upload_part(number: int, offset: int) -> CompletedPartTypeDef:
                 answer = self._s3.upload_part(
                     Bucket=store.bucket,
-                    Key=self._target,
-                    UploadId=self._upload_id,
+                    Key=target,
+                    UploadId=upload_id,
                     PartNumber=number,
                     Body=os.pread(fd, part_size, offset),
                     ChecksumAlgorithm="SHA256",
                 )
-                part = {"PartNumber": number, "ETag": answer["ETag"]}
+                part: CompletedPartTypeDef = {"PartNumber": number, "ETag": answer["ETag"]}
                 if answer.get("ChecksumSHA256"):
                     part["ChecksumSHA256"] = answer["ChecksumSHA256"]
                 return part
@@ -243,7 +247,7 @@ class S3SpoolUpload(Upload):
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
             self._s3.complete_multipart_upload(
-                Bucket=store.bucket, Key=self._target, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
+                Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
             self._upload_id = None
         except (ClientError, BotoCoreError) as exc:
@@ -254,7 +258,7 @@ class S3SpoolUpload(Upload):
             return
         self._state = "aborted"
         self._file.close()
-        if self._upload_id is not None:
+        if self._upload_id is not None and self._target is not None:
             try:
                 self._s3.abort_multipart_upload(Bucket=self._store.bucket, Key=self._target, UploadId=self._upload_id)
             except (ClientError, BotoCoreError):
