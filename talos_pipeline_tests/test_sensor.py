@@ -6,8 +6,10 @@ and the daemon's part, applying the dynamic partition requests, is done by `appl
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import threading
 import warnings
 from datetime import UTC, datetime, timedelta
 
@@ -29,8 +31,9 @@ from talos_pipeline.defs.drift.assets import DRIFT_CHECK
 from talos_pipeline.defs.drift.automation import drift_republish_sensor
 from talos_pipeline.defs.partitions import image_partition_key, talos_versions
 from talos_pipeline.defs.publish import catalog_sensor
+from talos_pipeline.defs.publish.alerts import talos_publication_failure_sensor
 from talos_pipeline.defs.publish.release_sensor import ReleaseCursor, build_release_sensor
-from talos_pipeline.defs.resources import TalosDiscovery, TalosImages, TalosUpstream
+from talos_pipeline.defs.resources import TalosAlerts, TalosDiscovery, TalosImages, TalosUpstream
 from talos_pipeline.launch import publish
 
 # The simulator's default history (see simulator/releases.py) under the default policy:
@@ -349,3 +352,100 @@ def test_the_catalog_sensor_rebuilds_what_eager_automation_missed(pipeline_env, 
         (request,) = missed.run_requests
         assert request.run_key == f"catalog-after-{missed.cursor}"
         assert isinstance(catalog_tick(missed.cursor), dg.SkipReason)
+
+
+# --------------------------------------------------------------------------- alerts
+class WebhookReceiver:
+    """A webhook on 127.0.0.1 that records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/talos"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+def _failure_tick(instance, alerts: TalosAlerts, cursor: str | None):
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"talos_alerts": alerts}) as ctx:
+        result = talos_publication_failure_sensor.evaluate_tick(ctx)
+        return result, ctx.cursor
+
+
+def test_a_failed_publication_is_posted_to_the_webhook(pipeline_env, simulator, webhook, tmp_path, monkeypatch, capfd):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    alerts = TalosAlerts(alert_webhook=webhook.url, dagster_url="http://dagster.example:3000/")
+    with dg.DagsterInstance.get() as instance:
+        _, before = _failure_tick(instance, alerts, None)  # the first tick starts after what happened before
+        simulator.set_fault("/image/", "500")  # transient: retried, then the step fails for good
+        outcome = publish(["v1.12.0"], ["amd64"], ["nocloud"])
+        assert not outcome.ok
+        result, after = _failure_tick(instance, alerts, before)
+        (body,) = webhook.bodies
+        (run,) = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+        assert body["run_id"] == run.run_id and body["job"] == "publish_images"
+        assert body["talos_version"] == "v1.12.0" and body["arch"] == "amd64"
+        assert body["partition"] == str(image_partition_key("v1.12.0", "amd64"))
+        assert body["failed_steps"] == ["talos_disk_image"]
+        assert body["error"] == outcome.failed["v1.12.0 amd64"], "the asset's own message, as the CLI prints it"
+        assert "Talos v1.12.0 amd64 (nocloud)" in body["error"] and "max_retries" not in body["error"]
+        assert body["run_url"] == f"http://dagster.example:3000/runs/{run.run_id}"
+        assert [r.error for r in result.dagster_run_reactions] == [None]
+        _failure_tick(instance, alerts, after)
+        assert len(webhook.bodies) == 1, "each failed run is reported once"
+
+        webhook.close()  # the receiver is down: logged, and the sensor carries on
+        capfd.readouterr()
+        result, _ = _failure_tick(instance, alerts, before)
+        assert [r.error for r in result.dagster_run_reactions] == [None]
+        assert f"TALOS_ALERT_WEBHOOK: could not report run {run.run_id}" in capfd.readouterr().err
+
+        unusable = TalosAlerts(alert_webhook="hooks.example/talos")  # not a URL: said, never raised
+        result, _ = _failure_tick(instance, unusable, before)
+        assert [r.error for r in result.dagster_run_reactions] == [None]
+        assert "TALOS_ALERT_WEBHOOK='hooks.example/talos' is not an http(s) URL" in capfd.readouterr().err
+        assert len(webhook.bodies) == 1
+
+
+def test_runs_that_publish_nothing_are_not_reported(webhook, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TALOS_STORE", str(tmp_path / "empty-store"))
+    alerts = TalosAlerts(alert_webhook=webhook.url)
+    with dg.DagsterInstance.get() as instance:
+        _, cursor = _failure_tick(instance, alerts, None)
+        prune = load_definitions().resolve_job_def("prune_store")
+        failed = prune.execute_in_process(
+            instance=instance, run_config={"ops": {"prune_talos_store": {"config": {"keep": 0}}}}, raise_on_error=False
+        )
+        assert not failed.success
+        _failure_tick(instance, alerts, cursor)
+    assert webhook.bodies == []
