@@ -318,7 +318,14 @@ query Backfill($id: String!) {
   }
 }"""
 
-BACKFILL_ASSETS = ["talos_release", "talos_metadata_tarball", "talos_disk_image", "talos_image", "talos_catalog"]
+BACKFILL_ASSETS = [
+    "talos_release",
+    "talos_metadata_tarball",
+    "talos_disk_image",
+    "talos_signatures",
+    "talos_image",
+    "talos_catalog",
+]
 
 
 def expected_products(versions) -> set[str]:
