@@ -297,7 +297,7 @@ def sign_image(store: Store, signer: Signer, image: ImageRef, metadata: Publishe
     sha256: the disk is never read again). A bundle still valid for this signer stays as it is,
     so republishing rewrites nothing; another mode or key replaces it. None in mode none."""
     _check_same_tarball(image, metadata, disk)
-    if signer.mode is SigningMode.NONE:
+    if signer.mode == SigningMode.NONE:
         return []
     return [
         _signed(store, signer, "metadata", metadata.path, lambda: signer.sign_bytes(store.read_bytes(metadata.path))),
@@ -307,7 +307,7 @@ def sign_image(store: Store, signer: Signer, image: ImageRef, metadata: Publishe
 
 def _signature(store: Store, image: ImageRef, signing: SigningMode, path: str) -> str | None:
     """The bundle key the record names for `path`, once the bundle is there in the right mode."""
-    if signing is SigningMode.NONE:
+    if signing == SigningMode.NONE:
         return None
     key = bundle_key(path)
     try:
