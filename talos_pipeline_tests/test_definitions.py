@@ -9,13 +9,15 @@ cursor stored under the old layout's ids still drives the sensor.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
-import warnings
+import zlib
 from pathlib import Path
 
 import dagster as dg
@@ -37,7 +39,10 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster._daemon.sensor import execute_sensor_iteration
 
+from talos_pipeline.core.settings import Settings
 from talos_pipeline.definitions import defs as load_definitions
+from talos_pipeline.defs.resources import resources_from_settings
+from talos_pipeline.launch import Launcher
 
 REPO = Path(__file__).resolve().parent.parent
 LOCATION = "talos_pipeline.definitions"
@@ -106,7 +111,7 @@ def test_inventory(definitions):
 
 def test_the_lineage_is_the_chain_of_the_design(definitions):
     graph = definitions.resolve_asset_graph()
-    for upstream, downstream in zip(CHAIN, CHAIN[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(CHAIN):
         assert graph.get(dg.AssetKey(downstream)).parent_keys == {dg.AssetKey(upstream)}
     assert graph.get(dg.AssetKey("talos_catalog")).parent_keys == {dg.AssetKey("talos_image")}
     publish = definitions.resolve_job_def("publish_images")
@@ -207,30 +212,52 @@ def test_an_installed_wheel_loads_the_same_definitions(tmp_path):
     built = _run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(REPO))
     assert built.returncode == 0, built.stderr
     probe = (
-        "import warnings, dagster as dg, talos_pipeline\n"
+        "import json, warnings, dagster as dg, talos_pipeline\n"
         "warnings.simplefilter('error', dg.PreviewWarning); warnings.simplefilter('error', dg.BetaWarning)\n"
         "from talos_pipeline.definitions import defs\n"
         "print(talos_pipeline.__file__)\n"
-        "print(sorted(k.to_user_string() for k in defs().resolve_asset_graph().get_all_asset_keys()))\n"
+        "print(json.dumps([k.to_user_string() for k in defs().resolve_asset_graph().get_all_asset_keys()]))\n"
     )
     loaded = _run(sys.executable, "-c", probe, cwd=tmp_path, env={"PYTHONPATH": str(site)})
     assert loaded.returncode == 0, loaded.stderr
     where, assets = loaded.stdout.splitlines()
     assert where.startswith(str(site))
-    assert set(eval(assets)) == ASSETS  # noqa: S307 - our own probe's repr of a list of names
+    assert set(json.loads(assets)) == ASSETS
 
 
-def test_resources_from_settings_keep_secrets_out_of_the_run_config(monkeypatch):
-    from talos_pipeline.core.settings import Settings
-    from talos_pipeline.defs.resources import resources_from_settings
+def _instance_text(home: Path) -> str:
+    """Everything the instance's SQLite databases hold, decompressed where it is compressed."""
+    chunks = []
+    for database in home.rglob("*.db"):
+        with sqlite3.connect(database) as connection:
+            tables = [row[0] for row in connection.execute("select name from sqlite_master where type='table'")]
+            for table in tables:
+                for row in connection.execute(f"select * from {table}"):
+                    for cell in row:
+                        if isinstance(cell, bytes):
+                            try:
+                                cell = zlib.decompress(cell)
+                            except zlib.error:
+                                pass
+                            cell = cell.decode(errors="replace")
+                        chunks.append(str(cell))
+    return "\n".join(chunks)
 
-    monkeypatch.setenv("GITHUB_TOKEN", "secret-token")
-    monkeypatch.delenv("TALOS_SIGNING_KEY", raising=False)
-    settings = Settings.from_env().replace(signing="key", signing_key="/keys/demo.key", store="/srv/store")
+
+def test_in_process_runs_keep_secrets_from_the_environment_out_of_the_instance(tmp_path, monkeypatch):
+    """Resources built from `Settings` hold literal values, which Dagster writes into the run's
+    snapshot; a secret that came from the environment stays an `EnvVar` there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp-secret-from-the-environment")
+    monkeypatch.setenv("TALOS_STORE", str(tmp_path / "store-from-the-environment"))
+    settings = Settings.from_env().replace(signing="key", signing_key=str(tmp_path / "given-by-the-caller.key"))
     resources = resources_from_settings(settings)
-    assert isinstance(resources["talos_upstream"].github_token, dg.EnvVar), "from the environment: stays an EnvVar"
-    assert resources["talos_signing"].signing_key == "/keys/demo.key", "given by the caller: its value"
-    assert resources["talos_store"].store == "/srv/store"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert resources["talos_signing"].settings().signing == "key"
+    assert isinstance(resources["talos_upstream"].github_token, dg.EnvVar)
+    assert resources["talos_signing"].signing_key == str(tmp_path / "given-by-the-caller.key")
+    assert Launcher(settings).rebuild_catalog() == (0, None)
+    stored = _instance_text(home)
+    assert "store-from-the-environment" in stored, "the scan finds literal values"
+    assert "ghp-secret-from-the-environment" not in stored

@@ -47,10 +47,10 @@ def given(settings: Settings) -> Callable[[str], Any]:
 
     def value(name: str) -> Any:
         setting = SETTING_BY_NAME[name]
-        text = environ.get(setting.env)
-        if setting.secret and text is not None and os.environ.get(setting.env) == text:
+        from_environment = bool(os.environ.get(setting.env)) and setting.value(os.environ) == getattr(settings, name)
+        if setting.secret and from_environment:
             return dg.EnvVar(setting.env)
-        return text
+        return environ.get(setting.env)
 
     return value
 
