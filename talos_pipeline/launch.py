@@ -25,7 +25,7 @@ from talos_pipeline.core.variants import parse_arches, select_variants
 from talos_pipeline.core.versions import TalosVersion
 from talos_pipeline.definitions import defs as load_definitions
 from talos_pipeline.defs.failures import asset_error
-from talos_pipeline.defs.partitions import image_partition_key, talos_versions
+from talos_pipeline.defs.partitions import TALOS_VERSIONS, image_partition_key
 from talos_pipeline.defs.publish.jobs import per_image_assets, publish_catalog_job, publish_images_job
 from talos_pipeline.defs.resources import resources_from_settings
 
@@ -108,8 +108,8 @@ class Launcher:
 
     def publish_partition(self, tag: str, arch: str, variant_names: list[str]) -> str | None:
         """Run `publish_images` for one version × arch; the asset's error message, or None."""
-        if not self.instance.has_dynamic_partition(talos_versions.name, tag):
-            self.instance.add_dynamic_partitions(talos_versions.name, [tag])
+        if not self.instance.has_dynamic_partition(TALOS_VERSIONS, tag):
+            self.instance.add_dynamic_partitions(TALOS_VERSIONS, [tag])
         selection = {"config": {"variants": variant_names}}
         run_config = {
             "ops": {asset.op.name: selection for asset in per_image_assets if asset.op.name != "talos_release"},
@@ -125,7 +125,8 @@ class Launcher:
         )
         if not result.success:
             return None, asset_error(result.all_events) or "run failed"
-        return int(result.asset_materializations_for_node("talos_catalog")[0].metadata["products"].value), None
+        products = result.asset_materializations_for_node("talos_catalog")[0].metadata["products"]
+        return (products.value if isinstance(products, dg.IntMetadataValue) else None), None
 
 
 def publish(

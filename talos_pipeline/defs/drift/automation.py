@@ -36,7 +36,7 @@ upstream_drift_schedule = dg.ScheduleDefinition(
 def drift_republish_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
     materialization = asset_event.asset_materialization
     value = materialization.metadata.get("republish") if materialization else None
-    pairs = value.value if value is not None else []
+    pairs: list[list[str]] = value.value if isinstance(value, dg.JsonMetadataValue) else []  # type: ignore[assignment]
     if not pairs:
         yield dg.SkipReason("the last upstream re-check found no drift")
         return

@@ -20,7 +20,7 @@ from talos_pipeline.core.errors import UpstreamError
 from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.upstream import RateLimited
 
-from ..partitions import image_partition_key, talos_versions
+from ..partitions import TALOS_VERSIONS, image_partition_key, talos_versions
 from ..resources import TalosDiscovery, TalosImages, TalosUpstream
 from .jobs import publish_images_job
 
@@ -108,7 +108,7 @@ def release_sensor_tick(
         pending=found.pending,
         eligible=cursor.eligible if found.not_modified else len(found.eligible),
     )
-    known = set(context.instance.get_dynamic_partitions(talos_versions.name))
+    known = set(context.instance.get_dynamic_partitions(TALOS_VERSIONS))
     new = [v for v in found.eligible if v not in known]
     if not new:
         if found.not_modified and not found.pending:
