@@ -2,20 +2,34 @@
 
 Starts the upstream simulator, publishes every release it offers (both arches, the configured
 variants) with the same Dagster jobs production uses, verifies the result, and serves it over
-HTTPS with a generated certificate, printing the exact Incus commands to try it.
+HTTPS with a generated certificate, printing the exact Incus commands to try it. The demo's own
+choices (store, upstream, signing key) are a `Settings` passed along; the environment is only read.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from talos_pipeline.core.settings import Settings
+from serve import generate_self_signed, serve_forever
+from talos_pipeline.core.settings import SETTING_BY_NAME, Settings, SigningMode
+from talos_pipeline.core.signing import generate_key_pair
 from talos_pipeline.core.stores import open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
 from talos_pipeline.core.versions import TalosVersion, sorted_tags
+from talos_pipeline.launch import publish
+from talos_pipeline.simulator import UpstreamSimulator
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    data_dir: Path
+    disk_size: int
+    port: int = 8443
+    once: bool = False
 
 
 def _say(message: str) -> None:
@@ -30,39 +44,37 @@ def offered_versions(settings: Settings) -> list[str]:
     return sorted_tags(tags)
 
 
-def _configure_signing(data_dir: Path) -> Path | None:
-    """Key mode with a generated key unless the operator chose a mode."""
-    if os.environ.get("TALOS_SIGNING"):
-        return None
-    from talos_pipeline.core.signing import generate_key_pair
-
-    private, public = data_dir / "keys" / "talos-signing.key", data_dir / "keys" / "talos-signing.pub"
-    if not private.exists():
-        private.parent.mkdir(parents=True, exist_ok=True)
-        generate_key_pair(private, public)
-    os.environ["TALOS_SIGNING"] = "key"
-    os.environ["TALOS_SIGNING_KEY"] = str(private)
-    return public
+def _is_set(name: str, environ: Mapping[str, str]) -> bool:
+    return bool(environ.get(SETTING_BY_NAME[name].env))
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from talos_pipeline.launch import publish
-    from talos_pipeline.simulator import UpstreamSimulator
-    from talos_pipeline.simulator.__main__ import parse_size
+def demo_settings(data_dir: Path, sim: UpstreamSimulator, environ: Mapping[str, str]) -> tuple[Settings, Path | None]:
+    """The environment's settings pointed at the simulator, a store under `data_dir` unless
+    TALOS_STORE is set, and key-mode signing with a generated key unless TALOS_SIGNING is set.
+    Returns the settings and the public key to verify with (None when the operator chose)."""
+    changes: dict[str, object] = {"releases_url": sim.releases_url, "factory_url": sim.factory_url}
+    if not _is_set("store", environ):
+        changes["store"] = str(data_dir / "store")
+    public = None
+    if not _is_set("signing", environ):
+        private, public = data_dir / "keys" / "talos-signing.key", data_dir / "keys" / "talos-signing.pub"
+        if not private.exists():
+            generate_key_pair(private, public)
+        changes |= {"signing": SigningMode.KEY, "signing_key": str(private)}
+    return Settings.from_env(environ).replace(**changes), public
 
-    data_dir = Path(args.data_dir).resolve()
+
+def run_demo(options: DemoOptions, environ: Mapping[str, str] = os.environ) -> int:
+    data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TALOS_STORE", str(data_dir / "store"))
-    public_key = _configure_signing(data_dir)
-    with UpstreamSimulator(disk_size=parse_size(args.disk_size), cache_dir=str(data_dir / "upstream-cache")) as sim:
-        os.environ["TALOS_RELEASES_URL"] = sim.releases_url
-        os.environ["TALOS_FACTORY_URL"] = sim.factory_url
-        settings = Settings.from_env()
+    with UpstreamSimulator(disk_size=options.disk_size, cache_dir=str(data_dir / "upstream-cache")) as sim:
+        settings, public_key = demo_settings(data_dir, sim, environ)
         versions = offered_versions(settings)
         _say(f"upstream simulator at {sim.url}: {len(versions)} releases offered ({', '.join(versions)})")
-        outcome = publish(versions)
+        outcome = publish(versions, settings=settings)
         _say(
-            f"published {len(outcome.succeeded)} version×arch partitions into {settings.store}; catalog has {outcome.catalog_products} products"
+            f"published {len(outcome.succeeded)} version×arch partitions into {settings.store}; "
+            f"catalog has {outcome.catalog_products} products"
         )
         if not outcome.ok:
             for label, message in outcome.failed.items():
@@ -70,33 +82,34 @@ def run_demo(args: argparse.Namespace) -> int:
             return 1
         key_pem = public_key.read_bytes() if public_key else None
         report = verify_store(
-            open_store(settings.store), VerifyPolicy(key_pem=key_pem, trust_config=settings.trust_config)
+            open_store(settings.store, settings), VerifyPolicy(key_pem=key_pem, trust_config=settings.trust_config)
         )
         bad = [p for p in report.products if p.problems]
         _say(f"verify: {len(report.products)} products, {len(bad)} with problems")
         if not report.ok:
             _say(report.summary())
             return 1
-        if args.once:
+        if options.once:
             _say("done (--once): run `talos-pipeline verify` or `talos-pipeline serve` on this store")
             return 0
-        return _serve_demo(args, data_dir, settings, sim)
+        _serve_demo(options.port, data_dir, settings, sim, environ)
+        return 0
 
 
-def _incus_conf() -> Path:
-    return Path(os.environ.get("INCUS_CONF") or Path.home() / ".config" / "incus")
+def _incus_conf(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("INCUS_CONF") or Path.home() / ".config" / "incus")
 
 
-def _serve_demo(args: argparse.Namespace, data_dir: Path, settings: Settings, sim) -> int:
+def _serve_demo(
+    port: int, data_dir: Path, settings: Settings, sim: UpstreamSimulator, environ: Mapping[str, str]
+) -> None:
     """Serve the demo store over HTTPS and tell the user exactly how to point Incus at it."""
-    from serve import generate_self_signed, serve_forever
-
     cert, key = data_dir / "tls" / "server.crt", data_dir / "tls" / "server.key"
     if not cert.exists():
         cert.parent.mkdir(parents=True, exist_ok=True)
         generate_self_signed(cert, key)
-    url = settings.public_url or f"https://127.0.0.1:{args.port}"
-    pinned = _incus_conf() / "servercerts" / "talos-demo.crt"
+    url = settings.public_url or f"https://127.0.0.1:{port}"
+    pinned = _incus_conf(environ) / "servercerts" / "talos-demo.crt"
     latest = offered_versions(settings)[-1]
     _say(f"""
 serving {settings.store} at {url} (TLS 1.3, certificate {cert}); Ctrl-C stops.
@@ -112,13 +125,12 @@ SSL_CERT_FILE pointing at a bundle that contains {cert}):
   incus image import {url}/talos/{latest}/amd64 --alias talos-demo-{latest}
 """)
     serve_forever(
-        open_store(settings.store),
+        open_store(settings.store, settings),
         "127.0.0.1",
-        args.port,
+        port,
         str(cert),
         str(key),
         public_url=url,
         disk_mode=settings.disk_mode,
         factory_url=sim.factory_url,
     )
-    return 0

@@ -36,6 +36,7 @@ from talos_pipeline.core.records import ProductRecord, PublishedFile
 from talos_pipeline.core.stores import DirectoryStore, Store, open_store
 from talos_pipeline.core.variants import Variant
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
+from talos_pipeline.definitions import defs as load_definitions
 from talos_pipeline.launch import publish
 from talos_pipeline.simulator import UpstreamSimulator
 
@@ -447,9 +448,7 @@ def test_prune_cli_and_dagster_job(pipeline_env, simulator, capsys, monkeypatch)
     assert "dry run" in out and "2 would be dropped" in out and "talos:v1.11.6:amd64:nocloud" in out
     assert len(_products(pipeline_env.open())) == 3
 
-    from talos_pipeline.defs.build import build_definitions
-
-    defs = build_definitions()
+    defs = load_definitions()
     run_config = {"ops": {"prune_talos_store": {"config": {"keep": 2}}}}
     result = defs.resolve_job_def("prune_store").execute_in_process(run_config=run_config, raise_on_error=False)
     assert result.success

@@ -194,9 +194,10 @@ class Deployment:
 
     def diagnostics(self) -> str:
         try:
+            shown = ("talos", "dagster/partition", "dagster/backfill")
             runs = "\n".join(
                 f"  {r['runId'][:8]} {r['jobName']} {r['status']} "
-                f"{ {t['key']: t['value'] for t in r['tags'] if t['key'].startswith(('talos', 'dagster/partition', 'dagster/backfill'))} }"
+                f"{ {t['key']: t['value'] for t in r['tags'] if t['key'].startswith(shown)} }"
                 for r in self.runs()
             )
         except Exception as exc:  # the diagnostics must not hide the failure
@@ -318,7 +319,14 @@ query Backfill($id: String!) {
   }
 }"""
 
-BACKFILL_ASSETS = ["talos_release", "talos_metadata_tarball", "talos_disk_image", "talos_image", "talos_catalog"]
+BACKFILL_ASSETS = [
+    "talos_release",
+    "talos_metadata_tarball",
+    "talos_disk_image",
+    "talos_signatures",
+    "talos_image",
+    "talos_catalog",
+]
 
 
 def expected_products(versions) -> set[str]:

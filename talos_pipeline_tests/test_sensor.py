@@ -6,13 +6,17 @@ and the daemon's part, applying the dynamic partition requests, is done by `appl
 
 from __future__ import annotations
 
+import http.server
 import json
+import re
+import threading
 import warnings
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 
+from talos_pipeline.core.catalog import load_records
 from talos_pipeline.core.discovery import (
     DiscoveryPolicy,
     classify,
@@ -22,14 +26,15 @@ from talos_pipeline.core.discovery import (
 from talos_pipeline.core.errors import ConfigError
 from talos_pipeline.core.settings import Settings, parse_bool
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient, ReleasesPage
+from talos_pipeline.definitions import defs as load_definitions
+from talos_pipeline.defs.drift.assets import DRIFT_CHECK
+from talos_pipeline.defs.drift.automation import drift_republish_sensor
 from talos_pipeline.defs.partitions import image_partition_key, talos_versions
-from talos_pipeline.defs.resources import TalosDiscovery, TalosImages, TalosUpstream
-from talos_pipeline.defs.sensors import (
-    DRIFT_CHECK,
-    ReleaseCursor,
-    build_release_sensor,
-    drift_republish_sensor,
-)
+from talos_pipeline.defs.publish import catalog_sensor
+from talos_pipeline.defs.publish.alerts import talos_publication_failure_sensor
+from talos_pipeline.defs.publish.release_sensor import ReleaseCursor, build_release_sensor
+from talos_pipeline.defs.resources import TalosAlerts, TalosDiscovery, TalosImages, TalosUpstream
+from talos_pipeline.launch import publish
 
 # The simulator's default history (see simulator/releases.py) under the default policy:
 # stable, >= v1.10.0, offered by the factory; v1.12.2 is a draft, the rest are prereleases.
@@ -160,8 +165,8 @@ def test_malformed_tags_are_reported_and_never_added(sensor, instance, simulator
 def test_tags_that_cannot_be_partition_keys_are_invalid():
     """The simulator refuses `|` in tags (URLs); GitHub tags can hold them, Dagster drops such keys."""
     now = "2026-01-01T00:00:00Z"
-    releases = [{"tag_name": t, "published_at": now, "draft": False, "prerelease": False}
-                for t in ("v1.12.0|x", "v1.12.0,v1.12.1", "v1.12.0]", "V1.12.0", "v01.12.0", None, "v1.12.0")]  # fmt: skip
+    tags = ("v1.12.0|x", "v1.12.0,v1.12.1", "v1.12.0]", "V1.12.0", "v01.12.0", None, "v1.12.0")
+    releases = [{"tag_name": t, "published_at": now, "draft": False, "prerelease": False} for t in tags]
     found = classify(releases, ["v1.12.0"], DiscoveryPolicy())
     assert found.eligible == ["v1.12.0"]
     assert [r.tag for r in found.invalid] == ["v1.12.0|x", "v1.12.0,v1.12.1", "v1.12.0]", "V1.12.0", "v01.12.0", "None"]
@@ -188,9 +193,9 @@ def test_an_unreadable_cursor_costs_one_full_listing(sensor, instance, simulator
 
 
 def test_bad_policy_settings_name_the_variable(sensor, instance, simulator):
-    with pytest.raises(Exception, match="TALOS_MIN_VERSION='1.12'"):
+    with pytest.raises(Exception, match=re.escape("TALOS_MIN_VERSION='1.12'")):
         tick(sensor, instance, simulator, min_version="1.12")
-    with pytest.raises(ConfigError, match="TALOS_INCLUDE_PRERELEASES='maybe'"):
+    with pytest.raises(ConfigError, match=re.escape("TALOS_INCLUDE_PRERELEASES='maybe'")):
         parse_bool("TALOS_INCLUDE_PRERELEASES", "maybe")
 
 
@@ -233,10 +238,8 @@ def test_a_release_the_factory_does_not_list_yet_stays_pending():
 
 
 def test_the_definitions_run_the_automation_by_default(monkeypatch):
-    from talos_pipeline.defs.build import build_definitions
-
     monkeypatch.setenv("TALOS_SENSOR_INTERVAL_SECONDS", "7")
-    defs = build_definitions()
+    defs = load_definitions()
     release = defs.resolve_sensor_def("talos_release_sensor")
     assert release.minimum_interval_seconds == 7
     assert release.default_status == dg.DefaultSensorStatus.RUNNING
@@ -252,8 +255,6 @@ def test_the_definitions_run_the_automation_by_default(monkeypatch):
 # --------------------------------------------------------------------------- upstream drift
 @pytest.fixture
 def proxied(pipeline_env, monkeypatch):
-    from talos_pipeline.launch import publish
-
     monkeypatch.setenv("TALOS_DISK_MODE", "proxy")
     monkeypatch.setenv("TALOS_VARIANTS", "nocloud,metal")
     outcome = publish(["v1.12.0"], ["amd64"])
@@ -262,9 +263,7 @@ def proxied(pipeline_env, monkeypatch):
 
 
 def _check_drift(instance):
-    from talos_pipeline.defs.build import build_definitions
-
-    result = build_definitions().resolve_job_def("check_upstream_drift").execute_in_process(instance=instance)
+    result = load_definitions().resolve_job_def("check_upstream_drift").execute_in_process(instance=instance)
     (evaluation,) = result.get_asset_check_evaluations()
     (materialization,) = result.asset_materializations_for_node("talos_upstream_drift")
     assert evaluation.check_name == DRIFT_CHECK
@@ -272,9 +271,6 @@ def _check_drift(instance):
 
 
 def test_drift_fails_the_check_and_requests_republication(proxied, simulator, instance):
-    from talos_pipeline.core.catalog import load_records
-    from talos_pipeline.defs.build import build_definitions
-
     evaluation, metadata = _check_drift(instance)
     assert evaluation.passed and metadata["checked"].value == 2 and metadata["republish"].value == []
     with dg.build_sensor_context(instance=instance) as ctx:
@@ -293,7 +289,7 @@ def test_drift_fails_the_check_and_requests_republication(proxied, simulator, in
     assert requests[0].tags["talos/trigger"] == "upstream-drift"
 
     # what the daemon then runs: the partition is republished with the factory's new bytes
-    defs = build_definitions()
+    defs = load_definitions()
     instance.add_dynamic_partitions(talos_versions.name, ["v1.12.0"])
     run = defs.resolve_job_def("publish_images").execute_in_process(
         instance=instance, partition_key=requests[0].partition_key
@@ -306,8 +302,6 @@ def test_drift_fails_the_check_and_requests_republication(proxied, simulator, in
 
 
 def test_mirrored_images_are_not_refetched_by_default(pipeline_env, simulator, instance):
-    from talos_pipeline.launch import publish
-
     assert publish(["v1.12.0"], ["amd64"], ["nocloud"]).ok
     downloads = simulator.total_downloads()
     evaluation, metadata = _check_drift(instance)
@@ -326,21 +320,17 @@ def test_the_catalog_sensor_rebuilds_what_eager_automation_missed(pipeline_env, 
     """Eager automation loses a `talos_image` update that lands in the same automation tick as a
     catalog materialization (shown here with Dagster's own evaluator); the backstop sensor orders
     events by storage id and run creation time instead."""
-    from talos_pipeline.defs import sensors
-    from talos_pipeline.defs.build import build_definitions
-    from talos_pipeline.launch import publish
-
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setattr(sensors, "CATALOG_GRACE_SECONDS", 0)
+    monkeypatch.setattr(catalog_sensor, "CATALOG_GRACE_SECONDS", 0)
     assert publish(["v1.12.0"], ["amd64"], ["nocloud"]).ok  # the CLI rebuilds the catalog itself
-    defs = build_definitions()
+    defs = load_definitions()
     with dg.DagsterInstance.get() as instance:
 
         def catalog_tick(cursor=None):
             with dg.build_sensor_context(instance=instance, cursor=cursor) as ctx:
-                return sensors.talos_catalog_sensor(ctx)
+                return catalog_sensor.talos_catalog_sensor(ctx)
 
         covered = catalog_tick()
         assert "was created after the latest image publication" in skip_message(covered)
@@ -349,7 +339,7 @@ def test_the_catalog_sensor_rebuilds_what_eager_automation_missed(pipeline_env, 
         evaluation = evaluate_automation(defs, instance)
         instance.add_dynamic_partitions(talos_versions.name, ["v1.12.1"])
         key = image_partition_key("v1.12.1", "amd64")
-        for asset in ("talos_release", "talos_metadata_tarball", "talos_disk_image", "talos_image"):
+        for asset in ("talos_release", "talos_metadata_tarball", "talos_disk_image", "talos_signatures", "talos_image"):
             instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=key))
         instance.report_runless_asset_event(dg.AssetMaterialization("talos_catalog"))
         cursor = evaluation.cursor
@@ -362,3 +352,100 @@ def test_the_catalog_sensor_rebuilds_what_eager_automation_missed(pipeline_env, 
         (request,) = missed.run_requests
         assert request.run_key == f"catalog-after-{missed.cursor}"
         assert isinstance(catalog_tick(missed.cursor), dg.SkipReason)
+
+
+# --------------------------------------------------------------------------- alerts
+class WebhookReceiver:
+    """A webhook on 127.0.0.1 that records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/talos"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+def _failure_tick(instance, alerts: TalosAlerts, cursor: str | None):
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"talos_alerts": alerts}) as ctx:
+        result = talos_publication_failure_sensor.evaluate_tick(ctx)
+        return result, ctx.cursor
+
+
+def test_a_failed_publication_is_posted_to_the_webhook(pipeline_env, simulator, webhook, tmp_path, monkeypatch, capfd):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    alerts = TalosAlerts(alert_webhook=webhook.url, dagster_url="http://dagster.example:3000/")
+    with dg.DagsterInstance.get() as instance:
+        _, before = _failure_tick(instance, alerts, None)  # the first tick starts after what happened before
+        simulator.set_fault("/image/", "500")  # transient: retried, then the step fails for good
+        outcome = publish(["v1.12.0"], ["amd64"], ["nocloud"])
+        assert not outcome.ok
+        result, after = _failure_tick(instance, alerts, before)
+        (body,) = webhook.bodies
+        (run,) = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+        assert body["run_id"] == run.run_id and body["job"] == "publish_images"
+        assert body["talos_version"] == "v1.12.0" and body["arch"] == "amd64"
+        assert body["partition"] == str(image_partition_key("v1.12.0", "amd64"))
+        assert body["failed_steps"] == ["talos_disk_image"]
+        assert body["error"] == outcome.failed["v1.12.0 amd64"], "the asset's own message, as the CLI prints it"
+        assert "Talos v1.12.0 amd64 (nocloud)" in body["error"] and "max_retries" not in body["error"]
+        assert body["run_url"] == f"http://dagster.example:3000/runs/{run.run_id}"
+        assert [r.error for r in result.dagster_run_reactions] == [None]
+        _failure_tick(instance, alerts, after)
+        assert len(webhook.bodies) == 1, "each failed run is reported once"
+
+        webhook.close()  # the receiver is down: logged, and the sensor carries on
+        capfd.readouterr()
+        result, _ = _failure_tick(instance, alerts, before)
+        assert [r.error for r in result.dagster_run_reactions] == [None]
+        assert f"TALOS_ALERT_WEBHOOK: could not report run {run.run_id}" in capfd.readouterr().err
+
+        unusable = TalosAlerts(alert_webhook="hooks.example/talos")  # not a URL: said, never raised
+        result, _ = _failure_tick(instance, unusable, before)
+        assert [r.error for r in result.dagster_run_reactions] == [None]
+        assert "TALOS_ALERT_WEBHOOK='hooks.example/talos' is not an http(s) URL" in capfd.readouterr().err
+        assert len(webhook.bodies) == 1
+
+
+def test_runs_that_publish_nothing_are_not_reported(webhook, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TALOS_STORE", str(tmp_path / "empty-store"))
+    alerts = TalosAlerts(alert_webhook=webhook.url)
+    with dg.DagsterInstance.get() as instance:
+        _, cursor = _failure_tick(instance, alerts, None)
+        prune = load_definitions().resolve_job_def("prune_store")
+        failed = prune.execute_in_process(
+            instance=instance, run_config={"ops": {"prune_talos_store": {"config": {"keep": 0}}}}, raise_on_error=False
+        )
+        assert not failed.success
+        _failure_tick(instance, alerts, cursor)
+    assert webhook.bodies == []

@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from talos_pipeline.cli import main
+from talos_pipeline.core.signing.bundles import public_key_hint
+from talos_pipeline.definitions import defs as load_definitions
+from talos_pipeline.defs.partitions import image_partition_key, talos_versions
 from talos_pipeline.launch import publish
 from talos_pipeline_tests.fake_sigstore import GITHUB_ISSUER, FakeSigstore, ambient_env
 from talos_pipeline_tests.fake_sigstore.fixtures import run_node
@@ -177,3 +181,71 @@ def test_keyless_signing_into_an_s3_store_verifies(s3_store_url, sigstore_ambien
     )
     assert code == 0 and "s3://" in out, out
     assert out.count(".sigstore.json: ") == 2, out
+
+
+def _sign(assets: tuple[str, ...] = ("talos_signatures", "talos_image")) -> dg.ExecuteInProcessResult:
+    """The `sign_images` job of the code location (resources bound to the environment, as in a
+    deployment) on the partition v1.12.0 × amd64, nocloud only."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(talos_versions.name, ["v1.12.0"])
+    return (
+        load_definitions()
+        .resolve_job_def("sign_images")
+        .execute_in_process(
+            instance=instance,
+            partition_key=image_partition_key("v1.12.0", "amd64"),
+            run_config={"ops": {name: {"config": {"variants": ["nocloud"]}} for name in assets}},
+            asset_selection=[dg.AssetKey(name) for name in assets],
+            raise_on_error=False,
+        )
+    )
+
+
+def _bundle_rows(result: dg.ExecuteInProcessResult) -> list[dict]:
+    (materialization,) = result.asset_materializations_for_node("talos_signatures")
+    return [record.data for record in materialization.metadata["bundles"].value.records]
+
+
+def test_signing_runs_again_alone_after_turning_it_on_and_rotating_the_key(
+    pipeline_env, simulator, monkeypatch, tmp_path, capsys
+):
+    assert publish(["v1.12.0"], ["amd64"], ["nocloud"]).ok  # TALOS_SIGNING=none
+    downloads = simulator.total_downloads()
+    for stem in ("first", "second"):
+        assert main(["keygen", "--output", str(tmp_path / stem)]) == 0
+    monkeypatch.setenv("TALOS_SIGNING", "key")
+    monkeypatch.setenv("TALOS_SIGNING_KEY", str(tmp_path / "first.key"))
+
+    records_only = _sign(("talos_image",))
+    assert not records_only.success, "no record names a bundle that is not there"
+    assert "materialize talos_signatures" in str(records_only.all_events)
+
+    signed = _sign()
+    assert signed.success
+    hint = public_key_hint((tmp_path / "first.pub").read_bytes())
+    assert [(r["file"], r["kind"], r["signer"], r["kept"]) for r in _bundle_rows(signed)] == [
+        ("metadata", "key", hint, False),
+        ("disk", "key", hint, False),
+    ]
+    assert all(r["bundle"].endswith(".sigstore.json") for r in _bundle_rows(signed))
+    capsys.readouterr()
+    assert main(["catalog"]) == 0
+    assert "catalog: 1 products" in capsys.readouterr().out
+    code, out = _verify(capsys, "--key", str(tmp_path / "first.pub"))
+    assert code == 0, out
+    assert simulator.total_downloads() == downloads, "signing reads the store, never the factory"
+
+    unchanged = tree_digest(pipeline_env)
+    again = _sign()
+    assert [r["kept"] for r in _bundle_rows(again)] == [True, True]
+    assert tree_digest(pipeline_env) == unchanged
+
+    monkeypatch.setenv("TALOS_SIGNING_KEY", str(tmp_path / "second.key"))  # key rotation
+    rotated = _sign()
+    assert [(r["signer"], r["kept"]) for r in _bundle_rows(rotated)] == [
+        (public_key_hint((tmp_path / "second.pub").read_bytes()), False)
+    ] * 2
+    assert main(["catalog"]) == 0
+    assert _verify(capsys, "--key", str(tmp_path / "second.pub"))[0] == 0
+    assert _verify(capsys, "--key", str(tmp_path / "first.pub"))[0] == 1
+    assert simulator.total_downloads() == downloads

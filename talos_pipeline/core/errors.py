@@ -4,6 +4,10 @@ Every failure a user can cause or fix (bad tag, unknown variant, upstream refusi
 download, bad configuration) is a `PipelineError`: the CLI prints its message without a
 traceback, and Dagster shows it as the step failure. Anything else is a bug and keeps its
 traceback.
+
+The CLI's exit code follows the class: bad input or configuration (`ConfigError`,
+`InputError`) exits 2; every other `PipelineError` (upstream, store, signing, verification)
+exits 1.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError):
     """A setting (environment variable, CLI flag, resource field) has a value we cannot use."""
+
+
+class InputError(PipelineError):
+    """A request names something that does not exist or cannot be asked for together: a Talos
+    version the factory does not offer, an existing file without --force, a missing argument."""
 
 
 class UpstreamError(PipelineError):

@@ -1,21 +1,24 @@
 """Publishing one image, step by step, and rebuilding the catalog from what is published.
 
-The steps match the Dagster assets (release facts → metadata tarball → disk → publication)
-and hand facts to each other through small JSON objects under `state/` in the store, so they
-can run in different processes or machines. Order keeps the invariant: immutable objects first,
-then the product record, then (elsewhere) the catalog.
+The steps match the Dagster assets (release facts → metadata tarball → disk → signatures →
+product record) and hand facts to each other through the store: small JSON objects under
+`state/`, and the bundles themselves (`<file>.sigstore.json`), so they can run in different
+processes or machines and signing can be re-run alone. Order keeps the invariant: immutable
+objects first, then their bundles, then the product record, then (elsewhere) the catalog.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import requests
+from cryptography import x509
 
-from .errors import PipelineError, UpstreamError
+from .errors import PipelineError, SigningError, UpstreamError
 from .hashing import ImageDigester, sha256_hex
 from .images import (
     ImageRef,
@@ -25,6 +28,10 @@ from .media import bundle_key
 from .metadata import metadata_tarball, unified_layout
 from .records import ProductRecord, PublishedFile
 from .releases import ReleaseFacts
+from .settings import SigningMode
+from .signing import Signer, bundle_kind
+from .signing.bundles import parse_bundle
+from .signing.verification import certificate_identities
 from .stores import CHUNK, ObjectMissing, Store
 from .upstream import READ_TIMEOUT, FactoryClient, ReleasesClient
 
@@ -56,12 +63,17 @@ def _json(body: dict) -> bytes:
     return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
 
 
-def store_metadata_tarball(store: Store, image: ImageRef, release: ReleaseFacts) -> PublishedFile:
+def expected_metadata(image: ImageRef, release: ReleaseFacts) -> PublishedFile:
+    """Where the (deterministic) metadata tarball of `image` is stored, without touching the store."""
     data = metadata_tarball(image, release)
     sha = sha256_hex(data)
-    key = image.metadata_key(sha)
-    store.put_bytes(key, data)
-    return PublishedFile(path=key, sha256=sha, size=len(data))
+    return PublishedFile(path=image.metadata_key(sha), sha256=sha, size=len(data))
+
+
+def store_metadata_tarball(store: Store, image: ImageRef, release: ReleaseFacts) -> PublishedFile:
+    file = expected_metadata(image, release)
+    store.put_bytes(file.path, metadata_tarball(image, release))
+    return file
 
 
 @dataclass(frozen=True)
@@ -225,32 +237,105 @@ def load_disk_facts(store: Store, image: ImageRef) -> DiskFacts:
         ) from None
 
 
-def _signed(store: Store, signer, path: str, sign: Callable[[], bytes]) -> str:
-    """The bundle next to `path`: kept when still valid for this signer, else written anew."""
-    key = bundle_key(path)
-    try:
-        if signer.would_keep(store.read_bytes(key)):
-            return key
-    except ObjectMissing:
-        pass
-    store.put_bytes(key, sign())
-    return key
+@dataclass(frozen=True)
+class Bundle:
+    """One Sigstore bundle the signing step left next to a published file."""
+
+    file: str
+    """Which file of the image: `metadata` (the tarball, signed by content) or `disk` (by digest)."""
+    path: str
+    key: str
+    kind: str
+    """`keyless` (a Fulcio certificate) or `key` (a public-key hint)."""
+    signer: str
+    """The certificate's identities, or the public-key hint."""
+    kept: bool
+    """An existing bundle still valid for this signer, left as it was."""
+    sha256: str
 
 
-def publish_record(
-    store: Store, signer, image: ImageRef, release: ReleaseFacts, metadata: PublishedFile, disk: DiskFacts
-) -> ProductRecord:
-    """Sign (when on), then write the product record: the image becomes eligible for the catalog."""
+def _check_same_tarball(image: ImageRef, metadata: PublishedFile, disk: DiskFacts) -> None:
     if disk.metadata_sha256 != metadata.sha256:
         raise PipelineError(
             f"{image.label}: the disk was hashed against another metadata tarball; rematerialize talos_disk_image"
         )
-    metadata_signature = disk_signature = None
-    if signer.mode != "none":
-        metadata_signature = _signed(
-            store, signer, metadata.path, lambda: signer.sign_bytes(store.read_bytes(metadata.path))
+
+
+def bundle_signer(bundle_json: bytes) -> tuple[str, str]:
+    """(`keyless` or `key`, who): the certificate's identities or the public-key hint of a bundle."""
+    material = parse_bundle(bundle_json).get("verificationMaterial") or {}
+    if bundle_kind(bundle_json) == SigningMode.KEY:
+        return "key", str((material.get("publicKey") or {}).get("hint", ""))
+    chain = (material.get("x509CertificateChain") or {}).get("certificates") or [{}]
+    raw = (material.get("certificate") or chain[0]).get("rawBytes", "")
+    try:
+        certificate = x509.load_der_x509_certificate(base64.b64decode(raw))
+    except ValueError as exc:
+        raise SigningError(f"the bundle's certificate cannot be read: {exc}") from None
+    return "keyless", ", ".join(certificate_identities(certificate))
+
+
+def _signed(store: Store, signer: Signer, file: str, path: str, sign: Callable[[], bytes | None]) -> Bundle:
+    """The bundle next to `path`: kept when still valid for this signer, else written anew."""
+    key = bundle_key(path)
+    try:
+        existing = store.read_bytes(key)
+    except ObjectMissing:
+        existing = None
+    kept = existing is not None and signer.would_keep(existing)
+    data = existing if kept else sign()
+    if data is None:
+        raise SigningError(f"{path}: the {signer.mode} signer produced no bundle")
+    if not kept:
+        store.put_bytes(key, data)
+    kind, who = bundle_signer(data)
+    return Bundle(file=file, path=path, key=key, kind=kind, signer=who, kept=kept, sha256=sha256_hex(data))
+
+
+def sign_image(store: Store, signer: Signer, image: ImageRef, metadata: PublishedFile, disk: DiskFacts) -> list[Bundle]:
+    """Bundles of the metadata tarball (by content, a few hundred bytes) and of the disk (by its
+    sha256: the disk is never read again). A bundle still valid for this signer stays as it is,
+    so republishing rewrites nothing; another mode or key replaces it. None in mode none."""
+    _check_same_tarball(image, metadata, disk)
+    if signer.mode == SigningMode.NONE:
+        return []
+    return [
+        _signed(store, signer, "metadata", metadata.path, lambda: signer.sign_bytes(store.read_bytes(metadata.path))),
+        _signed(store, signer, "disk", disk.path, lambda: signer.sign_digest(disk.sha256)),
+    ]
+
+
+def _signature(store: Store, image: ImageRef, signing: SigningMode, path: str) -> str | None:
+    """The bundle key the record names for `path`, once the bundle is there in the right mode."""
+    if signing == SigningMode.NONE:
+        return None
+    key = bundle_key(path)
+    try:
+        kind = bundle_kind(store.read_bytes(key))
+    except ObjectMissing:
+        raise SigningError(
+            f"{image.label}: {key} is missing (TALOS_SIGNING={signing}); materialize talos_signatures "
+            "for this partition first"
+        ) from None
+    if kind != signing:
+        raise SigningError(
+            f"{image.label}: {key} is a {kind} bundle but TALOS_SIGNING={signing}; rematerialize "
+            "talos_signatures for this partition"
         )
-        disk_signature = _signed(store, signer, disk.path, lambda: signer.sign_digest(disk.sha256))
+    return key
+
+
+def write_record(
+    store: Store,
+    signing: SigningMode,
+    image: ImageRef,
+    release: ReleaseFacts,
+    metadata: PublishedFile,
+    disk: DiskFacts,
+) -> ProductRecord:
+    """Write the product record once every object it names is stored (and, when signing is on,
+    its bundle is there in the configured mode): the image becomes eligible for the catalog."""
+    _check_same_tarball(image, metadata, disk)
     record = ProductRecord(
         version=image.version,
         arch=image.arch,
@@ -261,19 +346,29 @@ def publish_record(
         published_at=release.published_at,
         prerelease=release.prerelease,
         fingerprint=disk.fingerprint,
-        metadata=PublishedFile(metadata.path, metadata.sha256, metadata.size, metadata_signature),
-        disk=PublishedFile(disk.path, disk.sha256, disk.size, disk_signature),
+        metadata=PublishedFile(
+            metadata.path, metadata.sha256, metadata.size, _signature(store, image, signing, metadata.path)
+        ),
+        disk=PublishedFile(disk.path, disk.sha256, disk.size, _signature(store, image, signing, disk.path)),
         unified_sha256=disk.unified_sha256,
         unified_size=disk.unified_size,
         disk_mode=disk.mode,
         upstream_path=image.factory_path(),
-        signing=signer.mode,
+        signing=signing,
     )
     missing = [key for key in record.object_keys() if not store.exists(key)]
     if missing:
         raise PipelineError(f"{image.label}: not publishing, objects missing from the store: {', '.join(missing)}")
     store.put_bytes(image.record_key, record.to_json())
     return record
+
+
+def publish_record(
+    store: Store, signer: Signer, image: ImageRef, release: ReleaseFacts, metadata: PublishedFile, disk: DiskFacts
+) -> ProductRecord:
+    """Both last steps at once (scripts and test fixtures): sign, then write the record."""
+    sign_image(store, signer, image, metadata, disk)
+    return write_record(store, signer.mode, image, release, metadata, disk)
 
 
 def check_record(store: Store, record: ProductRecord) -> list[str]:

@@ -274,6 +274,21 @@ SETTINGS: tuple[Setting, ...] = (
         "s3_part_size_mib", "TALOS_S3_PART_SIZE", "8", parse_positive_int, "S3 multipart part size in MiB (5 or more)"
     ),
     Setting("s3_concurrency", "TALOS_S3_CONCURRENCY", "4", parse_positive_int, "S3 parts uploaded at once"),
+    Setting(
+        "alert_webhook",
+        "TALOS_ALERT_WEBHOOK",
+        "",
+        parse_optional_url,
+        "URL that failed publications are POSTed to as JSON [unset: the sensor's log only]",
+        secret=True,
+    ),
+    Setting(
+        "dagster_url",
+        "TALOS_DAGSTER_URL",
+        "",
+        parse_optional_url,
+        "the Dagster UI's base URL, for links to failed runs in alerts",
+    ),
 )
 SETTING_BY_ENV: dict[str, Setting] = {setting.env: setting for setting in SETTINGS}
 SETTING_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -306,6 +321,8 @@ class Settings:
     s3_upload: S3UploadMode
     s3_part_size_mib: int
     s3_concurrency: int
+    alert_webhook: str | None
+    dagster_url: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -7,7 +7,9 @@ import dagster as dg
 from talos_pipeline.core.variants import ARCHES
 from talos_pipeline.core.versions import TalosVersion
 
-talos_versions = dg.DynamicPartitionsDefinition(name="talos_version")
+TALOS_VERSIONS = "talos_version"
+"""The dynamic partitions' name (instance-global: the sensor and the CLI add versions to it)."""
+talos_versions = dg.DynamicPartitionsDefinition(name=TALOS_VERSIONS)
 arches = dg.StaticPartitionsDefinition(list(ARCHES))
 image_partitions = dg.MultiPartitionsDefinition({"talos_version": talos_versions, "arch": arches})
 

@@ -4,6 +4,9 @@ An unset `EnvVar` is an error in Dagster, so `bound` binds the variable only whe
 environment of the loading process has it and the documented default otherwise; the value is
 still resolved by Dagster at run time and stays hidden in the UI. Every resource turns its
 fields back into `Settings` through the same table, so parsing and validation live in one place.
+
+In-process runs (`talos-pipeline publish`, the demo) bind the values of a `Settings` instead
+(`resources_from_settings`), so a caller can change a setting without touching `os.environ`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
+import requests
 from pydantic import PrivateAttr
 
 from talos_pipeline.core.discovery import DiscoveryPolicy
@@ -23,6 +27,8 @@ from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
 from talos_pipeline.core.variants import Variant
 
 Log = Callable[[str], None]
+WEBHOOK_TIMEOUT = 10.0
+"""Seconds a webhook may take to connect and to answer; the sensor's tick waits for it."""
 
 
 def bound(name: str) -> Any:
@@ -31,6 +37,22 @@ def bound(name: str) -> Any:
     if os.environ.get(setting.env):
         return dg.EnvVar(setting.env)
     return str(setting.value({})) if setting.default else None
+
+
+def given(settings: Settings) -> Callable[[str], Any]:
+    """Field values from `settings`, as text the way the environment spells them. A secret that
+    came from the environment stays an `EnvVar`: a literal value would be written into the
+    definition snapshot each run stores in the instance."""
+    environ = settings.as_environ()
+
+    def value(name: str) -> Any:
+        setting = SETTING_BY_NAME[name]
+        from_environment = bool(os.environ.get(setting.env)) and setting.value(os.environ) == getattr(settings, name)
+        if setting.secret and from_environment:
+            return dg.EnvVar(setting.env)
+        return environ.get(setting.env)
+
+    return value
 
 
 class _SettingsResource(dg.ConfigurableResource):
@@ -116,9 +138,33 @@ class TalosSigning(_SettingsResource):
             self._signer.close()
 
 
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+class TalosAlerts(_SettingsResource):
+    """Where failed publications are reported besides the sensor's log (`TALOS_ALERT_WEBHOOK`),
+    and the Dagster UI the report links to (`TALOS_DAGSTER_URL`)."""
+
+    alert_webhook: str | None = None
+    dagster_url: str | None = None
+
+    def run_url(self, run_id: str) -> str | None:
+        base = self.settings().dagster_url
+        return f"{base}/runs/{run_id}" if base else None
+
+    def post(self, body: dict[str, Any], log: Log) -> None:
+        """POST `body` as JSON to the webhook, if one is set; a webhook that is down is logged,
+        never raised: the next failure is reported all the same."""
+        url = self.settings().alert_webhook
+        if not url:
+            return
+        try:
+            response = requests.post(url, json=body, timeout=WEBHOOK_TIMEOUT)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            log(f"TALOS_ALERT_WEBHOOK: could not report run {body.get('run_id')}: {exc}")
+
+
+def _resources(value: Callable[[str], Any]) -> dict[str, dg.ConfigurableResource]:
     def fields(*names: str) -> dict[str, Any]:
-        return {name: bound(name) for name in names}
+        return {name: value(name) for name in names}
 
     return {
         "talos_store": TalosStore(**fields("store")),
@@ -126,4 +172,21 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "talos_discovery": TalosDiscovery(**fields("include_prereleases", "min_version")),
         "talos_images": TalosImages(**fields("arches", "variants", "disk_mode")),
         "talos_signing": TalosSigning(**fields("signing", "signing_key", "signing_key_password", "trust_config")),
+        "talos_alerts": TalosAlerts(**fields("alert_webhook", "dagster_url")),
     }
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """Every resource, bound to the environment variables (the code location's resources)."""
+    return _resources(bound)
+
+
+def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Every resource with the values of `settings` (for in-process runs; see `given`)."""
+    return _resources(given(settings))
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """Bound when the code location loads, resolved by Dagster in each run."""
+    return dg.Definitions(resources=resources_from_env())

@@ -19,7 +19,8 @@ from talos_pipeline.core.prune import (
 )
 from talos_pipeline.core.settings import Settings
 
-from .resources import TalosImages, TalosStore
+from ..metadata import bullets
+from ..resources import TalosImages, TalosStore
 
 
 class PruneConfig(dg.Config):
@@ -36,7 +37,10 @@ class PruneConfig(dg.Config):
 
 
 @dg.op(
-    description="Drop products beyond the retention policy, rebuild the catalog, delete files out of the catalog past the grace period."
+    description=(
+        "Drop products beyond the retention policy, rebuild the catalog, "
+        "delete files out of the catalog past the grace period."
+    )
 )
 def prune_talos_store(
     context: dg.OpExecutionContext, config: PruneConfig, talos_store: TalosStore, talos_images: TalosImages
@@ -58,20 +62,20 @@ def prune_talos_store(
             description="Rebuilt by prune_store after dropping products.",
             metadata={
                 "products": dg.MetadataValue.int(report.catalog_products),
-                "dropped": dg.MetadataValue.md("\n".join(f"- {p}" for p in report.dropped) or "none"),
+                "dropped": bullets(report.dropped),
                 "store": store.describe(),
             },
         )
     yield dg.Output(
         None,
         metadata={
-            "dry_run": config.dry_run,
+            "dry_run": dg.MetadataValue.bool(config.dry_run),
             "products_kept": dg.MetadataValue.int(len(report.kept)),
-            "products_dropped": dg.MetadataValue.md("\n".join(f"- {p}" for p in report.dropped) or "none"),
+            "products_dropped": bullets(report.dropped),
             "files_deleted": dg.MetadataValue.int(len(report.deleted)),
             "files_waiting": dg.MetadataValue.int(len(report.waiting)),
             "uploads_removed": dg.MetadataValue.int(len(report.temporaries_removed)),
-            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in report.problems) or "none"),
+            "problems": bullets(report.problems),
         },
     )
     if report.problems:
@@ -80,7 +84,9 @@ def prune_talos_store(
 
 @dg.job(
     name="prune_store",
-    description="Retention: drop old products from the catalog and delete files out of it for longer than the grace period.",
+    description=(
+        "Retention: drop old products from the catalog and delete files out of it for longer than the grace period."
+    ),
 )
 def prune_job():
     prune_talos_store()

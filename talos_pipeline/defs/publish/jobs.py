@@ -1,0 +1,32 @@
+"""Jobs the CLI, the sensors and the UI launch."""
+
+import dagster as dg
+
+from .assets import talos_disk_image, talos_metadata_tarball, talos_release
+from .catalog import talos_catalog
+from .records import talos_image
+from .signatures import talos_signatures
+
+per_image_assets = [talos_release, talos_metadata_tarball, talos_disk_image, talos_signatures, talos_image]
+"""One partition's chain, in order: every one of them runs for one Talos version × arch."""
+
+publish_images_job = dg.define_asset_job(
+    "publish_images",
+    selection=dg.AssetSelection.assets(*per_image_assets),
+    description="Release facts, metadata tarballs, disks, signatures and product records of one Talos version × arch.",
+)
+
+sign_images_job = dg.define_asset_job(
+    "sign_images",
+    selection=dg.AssetSelection.assets(talos_signatures, talos_image),
+    description=(
+        "Re-sign one Talos version × arch from what is in the store (after a key rotation, or after "
+        "turning signing on) and rewrite its product records; downloads nothing."
+    ),
+)
+
+publish_catalog_job = dg.define_asset_job(
+    "publish_catalog",
+    selection=dg.AssetSelection.assets(talos_catalog),
+    description="Rebuild the simplestreams catalog from the product records in the store.",
+)

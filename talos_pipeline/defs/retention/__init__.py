@@ -1,0 +1,1 @@
+"""Retention: the `prune_store` job and its daily schedule."""
