@@ -18,6 +18,7 @@ import dagster as dg
 from talos_pipeline.core.catalog import load_records
 from talos_pipeline.core.discovery import DiscoveryPolicy, discover
 from talos_pipeline.core.errors import InputError
+from talos_pipeline.core.preflight import check_configuration
 from talos_pipeline.core.schematics import VariantResolver
 from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.stores import open_store
@@ -55,13 +56,15 @@ class PublishOutcome:
 def validate_request(
     settings: Settings, versions: list[str], arches: list[str], variants: list[str]
 ) -> tuple[list[str], list[str], list[str]]:
-    """Strict tags, known arches and variants, a usable store, and versions upstream offers."""
+    """Strict tags, known arches and variants, a writable store, a working signer, versions upstream
+    offers and variants whose extensions each version has: everything the end of the run needs,
+    checked once before anything is downloaded."""
     tags = [TalosVersion.parse(v).tag for v in versions]
     if not tags:
         raise InputError("name at least one Talos version, e.g. `talos-pipeline publish v1.12.0`")
     arch_list = parse_arches(arches) if arches else settings.arch_list()
     variant_list = select_variants(settings.variant_list(), variants)
-    open_store(settings.store, settings).check_ready()
+    check_configuration(settings, open_store(settings.store, settings))
     factory = FactoryClient(settings.factory_url)
     offered = set(factory.versions())
     releases = ReleasesClient(settings.releases_url, settings.github_token)

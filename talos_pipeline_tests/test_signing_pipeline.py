@@ -43,7 +43,8 @@ def test_keyless_bundles_verify_with_the_identity_policy(
     issued = sigstore_ambient.counters.fulcio_certificates_issued
     outcome = publish(["v1.12.0"], ["amd64"])
     assert outcome.ok, outcome.failed
-    assert sigstore_ambient.counters.fulcio_certificates_issued - issued == 1, "one certificate per run"
+    certificates = sigstore_ambient.counters.fulcio_certificates_issued - issued
+    assert certificates == 2, "one certificate for the check before any download, one for the run"
     items = _items(keyless)
     assert items and all(item["signature"].endswith(".sigstore.json") for item in items)
     code, out = _verify(
@@ -119,8 +120,8 @@ def test_a_forged_token_publishes_nothing(pipeline_env, fake_sigstore, monkeypat
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("TALOS_SIGNING", "sigstore")
     assert main(["publish", "v1.12.0", "--arch", "amd64", "--variant", "nocloud"]) == 1
-    out = capsys.readouterr().out
-    assert "Fulcio" in out and "FAILED v1.12.0 amd64" in out
+    err = capsys.readouterr().err  # checked before any download (core/preflight.py): no partition ran
+    assert "Fulcio" in err and "cannot get a signing certificate" in err
     assert not (pipeline_env / "records").exists()
     assert not (pipeline_env / "streams").exists()
 

@@ -11,6 +11,7 @@ from pydantic import Field
 from talos_pipeline.core.errors import PipelineError
 from talos_pipeline.core.hashing import sha256_hex
 from talos_pipeline.core.images import ImageRef
+from talos_pipeline.core.preflight import check_store_writable
 from talos_pipeline.core.publish import (
     discover_release,
     expected_metadata,
@@ -27,7 +28,7 @@ from talos_pipeline.core.versions import parse_timestamp
 from ..failures import step_failure
 from ..metadata import column, links, short, table
 from ..partitions import image_partitions, version_and_arch
-from ..resources import TalosImages, TalosStore, TalosUpstream
+from ..resources import TalosImages, TalosSigning, TalosStore, TalosUpstream
 
 GROUP = "talos_images"
 
@@ -67,14 +68,18 @@ def talos_release(
     talos_upstream: TalosUpstream,
     talos_store: TalosStore,
     talos_images: TalosImages,
+    talos_signing: TalosSigning,
 ) -> dg.MaterializeResult:
     """Facts of one Talos release from GitHub, cross-checked with the Image Factory: the version is
     offered, and every variant's schematic is registered and asks only for extensions this version
-    has (checked before anything is downloaded)."""
+    has. First, what the end of the run needs: the store takes a test write, the signer opens (its
+    key, or keyless its token and certificate, kept for the run). All before any download."""
     version, arch = version_and_arch(context)
     factory = talos_upstream.factory(context.log.warning)
     try:
         store = talos_store.open()
+        check_store_writable(store)
+        talos_signing.signer().open()
         facts = discover_release(talos_upstream.releases(context.log.warning), factory, version)
         variants = select_variants(talos_images.variant_list(), config.variants)
         resolved = VariantResolver(factory).for_version(variants, version)
