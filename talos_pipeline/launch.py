@@ -16,19 +16,20 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from talos_pipeline.core.catalog import load_records
-from talos_pipeline.core.discovery import DiscoveryPolicy, discover
+from talos_pipeline.core.discovery import DiscoveryPolicy, ReleaseListing, classify
 from talos_pipeline.core.errors import InputError
 from talos_pipeline.core.preflight import check_configuration
+from talos_pipeline.core.releases import ReleaseFacts
 from talos_pipeline.core.schematics import VariantResolver
 from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.stores import open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
-from talos_pipeline.core.variants import parse_arches, select_variants
+from talos_pipeline.core.variants import Variant, parse_arches, select_variants
 from talos_pipeline.core.versions import TalosVersion
 from talos_pipeline.definitions import defs as load_definitions
 from talos_pipeline.defs.failures import asset_error
 from talos_pipeline.defs.partitions import TALOS_VERSIONS, image_partition_key
-from talos_pipeline.defs.publish.jobs import per_image_assets, publish_catalog_job, publish_images_job
+from talos_pipeline.defs.publish.jobs import publish_catalog_job, publish_images_job, publish_run_config
 from talos_pipeline.defs.resources import resources_from_settings
 
 Log = Callable[[str], None]
@@ -44,6 +45,8 @@ def instance_for_cli() -> dg.DagsterInstance:
 
 @dataclass
 class PublishOutcome:
+    versions: list[str] = field(default_factory=list)
+    """What was asked for (with `new`: what was found missing), in order."""
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     catalog_products: int | None = None
@@ -53,46 +56,75 @@ class PublishOutcome:
         return not self.failed
 
 
-def validate_request(
-    settings: Settings, versions: list[str], arches: list[str], variants: list[str]
-) -> tuple[list[str], list[str], list[str]]:
-    """Strict tags, known arches and variants, a writable store, a working signer, versions upstream
-    offers and variants whose extensions each version has: everything the end of the run needs,
-    checked once before anything is downloaded."""
+@dataclass(frozen=True)
+class PublishPlan:
+    """What one CLI publication does, every part checked before anything is downloaded."""
+
+    tags: list[str]
+    arches: list[str]
+    variants: list[str]
+    releases: dict[str, ReleaseFacts]
+    """Each tag's facts, from the run's one releases listing (handed to its partitions)."""
+
+    @property
+    def partitions(self) -> list[tuple[str, str]]:
+        return [(tag, arch) for tag in self.tags for arch in self.arches]
+
+
+def plan_publication(
+    settings: Settings,
+    versions: list[str],
+    arches: list[str] | None = None,
+    variants: list[str] | None = None,
+    *,
+    new: bool = False,
+    log: Log = _stderr,
+) -> PublishPlan:
+    """Strict tags, known arches and variants (local checks first); then one GitHub releases listing
+    (and, with `new`, the eligible releases not yet published here); the factory offers each
+    version; the store takes a test write and the signer opens; each version has the extensions
+    every variant asks for. Nothing is downloaded before all of it holds."""
     tags = [TalosVersion.parse(v).tag for v in versions]
-    if not tags:
-        raise InputError("name at least one Talos version, e.g. `talos-pipeline publish v1.12.0`")
     arch_list = parse_arches(arches) if arches else settings.arch_list()
     variant_list = select_variants(settings.variant_list(), variants)
-    check_configuration(settings, open_store(settings.store, settings))
+    if not tags and not new:
+        raise InputError("name at least one Talos version, e.g. `talos-pipeline publish v1.12.0`")
     factory = FactoryClient(settings.factory_url)
-    offered = set(factory.versions())
-    releases = ReleasesClient(settings.releases_url, settings.github_token)
-    resolver = VariantResolver(factory)
+    listing = ReleaseListing.fetch(ReleasesClient(settings.releases_url, settings.github_token))
+    offered = factory.versions()
+    if new:
+        tags += unpublished_versions(settings, listing, offered, arch_list, variant_list, log)
+    tags = list(dict.fromkeys(tags))
+    releases = {}
     for tag in tags:
         if tag not in offered:
             raise InputError(
                 f"the Image Factory at {settings.factory_url} does not offer Talos {tag}; "
                 "check the version (`talos-pipeline releases` lists what is available)"
             )
-        resolver.for_version(variant_list, tag)
-        releases.release(tag)
-    return list(dict.fromkeys(tags)), arch_list, [v.name for v in variant_list]
+        releases[tag] = listing.facts(tag)
+    if tags:
+        check_configuration(settings, open_store(settings.store, settings))
+        resolver = VariantResolver(factory)
+        for tag in tags:
+            resolver.for_version(variant_list, tag)
+    return PublishPlan(tags, arch_list, [v.name for v in variant_list], releases)
 
 
 def unpublished_versions(
-    settings: Settings, arches: list[str] | None = None, variants: list[str] | None = None, log: Log = _stderr
+    settings: Settings,
+    listing: ReleaseListing,
+    offered: list[str],
+    arches: list[str],
+    variants: list[Variant],
+    log: Log = _stderr,
 ) -> list[str]:
     """Eligible upstream releases (the sensor's policy) missing any of these arches × variants here."""
     policy = DiscoveryPolicy.from_settings(settings)
-    found = discover(
-        ReleasesClient(settings.releases_url, settings.github_token), FactoryClient(settings.factory_url), policy
-    )
+    found = classify(listing.releases, offered, policy)
     log(f"upstream: {found.summary()} ({policy.describe()})")
     records, _ = load_records(open_store(settings.store, settings))
-    arch_list = parse_arches(arches) if arches else settings.arch_list()
-    variant_list = select_variants(settings.variant_list(), variants)
-    wanted = {(arch, variant.name) for arch in arch_list for variant in variant_list}
+    wanted = {(arch, variant.name) for arch in arches for variant in variants}
     published: dict[str, set[tuple[str, str]]] = {}
     for record in records:
         published.setdefault(record.version, set()).add((record.arch, record.variant))
@@ -112,13 +144,15 @@ class Launcher:
             instance=self.instance, resources=resources_from_settings(self.settings), raise_on_error=False, **options
         )
 
-    def publish_partition(self, tag: str, arch: str, variant_names: list[str]) -> str | None:
-        """Run `publish_images` for one version × arch; the asset's error message, or None."""
+    def publish_partition(
+        self, tag: str, arch: str, variant_names: list[str], release: ReleaseFacts | None = None
+    ) -> str | None:
+        """Run `publish_images` for one version × arch; the asset's error message, or None.
+        `release`: the facts from the caller's releases listing (else the run asks GitHub)."""
         if not self.instance.has_dynamic_partition(TALOS_VERSIONS, tag):
             self.instance.add_dynamic_partitions(TALOS_VERSIONS, [tag])
-        selection = {"config": {"variants": variant_names}}
         run_config = {
-            "ops": {asset.op.name: selection for asset in per_image_assets},
+            **publish_run_config(release, variant_names),
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
         }
         result = self._execute(publish_images_job, partition_key=image_partition_key(tag, arch), run_config=run_config)
@@ -141,19 +175,23 @@ def publish(
     variants: list[str] | None = None,
     *,
     settings: Settings | None = None,
+    new: bool = False,
     log: Log = _stderr,
 ) -> PublishOutcome:
-    """Publish every version × arch (each configured or selected variant), then rebuild the
-    catalog once if anything was published. `settings` default to the environment's."""
+    """Publish every version × arch (each configured or selected variant), with `new` also every
+    eligible release not yet published here, then rebuild the catalog once if anything was
+    published. `settings` default to the environment's."""
     settings = settings or Settings.from_env()
-    tags, arch_list, variant_names = validate_request(settings, versions, arches or [], variants or [])
+    plan = plan_publication(settings, versions, arches, variants, new=new, log=log)
+    outcome = PublishOutcome(versions=plan.tags)
+    if not plan.tags:
+        return outcome
     launcher = Launcher(settings)
-    outcome = PublishOutcome()
-    for tag in tags:
-        for arch in arch_list:
+    for tag in plan.tags:
+        for arch in plan.arches:
             label = f"{tag} {arch}"
-            log(f"publishing Talos {label} ({', '.join(variant_names)}) into {settings.store}")
-            error = launcher.publish_partition(tag, arch, variant_names)
+            log(f"publishing Talos {label} ({', '.join(plan.variants)}) into {settings.store}")
+            error = launcher.publish_partition(tag, arch, plan.variants, plan.releases[tag])
             if error is None:
                 outcome.succeeded.append(label)
             else:

@@ -140,3 +140,13 @@ def test_publish_new_takes_what_is_eligible_and_missing(pipeline_env, capsys):
     assert "beta" not in out, "prereleases are left out by default (TALOS_INCLUDE_PRERELEASES)"
     assert main(["publish", "--new", "--arch", "amd64"]) == 0
     assert "nothing new" in capsys.readouterr().out
+
+
+def test_one_releases_listing_per_publication(pipeline_env, simulator, capsys):
+    """GitHub's budget (60 requests/hour without a token): a publication lists the releases once and
+    hands each partition its facts; no request per version or per partition."""
+    assert main(["publish", "v1.11.5", "v1.12.0", "--arch", "amd64", "--variant", "nocloud"]) == 0
+    assert simulator.github_requests() == 1
+    assert main(["publish", "--new", "--arch", "amd64", "--variant", "nocloud"]) == 0
+    assert "published Talos v1.11.6 amd64" in capsys.readouterr().out
+    assert simulator.github_requests() == 2

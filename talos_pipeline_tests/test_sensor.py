@@ -35,6 +35,7 @@ from talos_pipeline.defs.publish.alerts import talos_publication_failure_sensor
 from talos_pipeline.defs.publish.release_sensor import ReleaseCursor, build_release_sensor
 from talos_pipeline.defs.resources import TalosAlerts, TalosDiscovery, TalosImages, TalosUpstream
 from talos_pipeline.launch import publish
+from talos_pipeline.simulator import UpstreamSimulator
 
 # The simulator's default history (see simulator/releases.py) under the default policy:
 # stable, >= v1.10.0, offered by the factory; v1.12.2 is a draft, the rest are prereleases.
@@ -121,6 +122,45 @@ def test_a_new_release_adds_only_that_version(sensor, instance, simulator):
     apply(instance, result)
     again = tick(sensor, instance, simulator, result.cursor)
     assert "304" in skip_message(again)
+
+
+def test_download_counts_moving_the_etag_are_no_change(sensor, instance, qcow2_cache):
+    """GitHub's ETag covers the whole listing, download counts included (the production profile
+    moves them): a tick compares the release set, not the bytes, and asks the factory nothing."""
+    with UpstreamSimulator(profile="production", scale=0.01, download_tick_seconds=0, cache_dir=qcow2_cache) as sim:
+        first = tick(sensor, instance, sim)
+        apply(instance, first)
+        assert len(added(first)) > 25 and len(first.cursor) < 300
+        sim.tick_downloads()
+        before, factory_before = len(github_requests(sim)), sim.requests.count(("GET", "/versions", 200))
+        second = tick(sensor, instance, sim, first.cursor)
+        assert "only download counts moved" in skip_message(second)
+        assert [status for _, _, status in github_requests(sim)[before:]] == [200], (
+            "one listing, no 304: the ETag moved"
+        )
+        assert sim.requests.count(("GET", "/versions", 200)) == factory_before, "nothing changed: no factory lookup"
+        assert json.loads(second.cursor)["etag"] != json.loads(first.cursor)["etag"]
+        sim.add_release("v1.13.9", "2026-09-01T10:00:00Z")
+        sim.tick_downloads()
+        assert added(tick(sensor, instance, sim, second.cursor)) == ["v1.13.9"]
+
+
+def test_runs_of_the_sensor_carry_their_release_facts(sensor, instance, simulator, pipeline_env):
+    """The tick's one listing is shared by its runs: a run it requested asks GitHub nothing; a run
+    launched by hand without the facts asks once."""
+    result = tick(sensor, instance, simulator)
+    apply(instance, result)
+    request = next(r for r in result.run_requests if r.run_key == "v1.12.0/amd64")
+    assert request.run_config["ops"]["talos_release"]["config"]["published_at"] == "2025-12-22T18:05:12Z"
+    job = load_definitions().resolve_job_def("publish_images")
+    before = len(github_requests(simulator))
+    run = job.execute_in_process(instance=instance, partition_key=request.partition_key, run_config=request.run_config)
+    assert run.success and len(github_requests(simulator)) == before
+    by_hand = job.execute_in_process(instance=instance, partition_key=image_partition_key("v1.12.1", "amd64"))
+    assert by_hand.success
+    assert [path for _, path, _ in github_requests(simulator)[before:]] == [
+        "/repos/siderolabs/talos/releases/tags/v1.12.1"
+    ]
 
 
 def test_versions_already_known_are_not_requested_again(sensor, instance, simulator):

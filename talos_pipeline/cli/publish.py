@@ -6,7 +6,7 @@ import argparse
 
 from talos_pipeline.core.errors import InputError
 from talos_pipeline.core.settings import Settings
-from talos_pipeline.launch import publish, unpublished_versions
+from talos_pipeline.launch import publish
 
 from .base import EXIT_FAILED, EXIT_OK, say
 
@@ -30,16 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    versions = list(args.versions)
-    if args.new:
-        versions += unpublished_versions(settings, args.arch, args.variant)
-        if not versions:
-            say("nothing new: every eligible release is published for every configured arch and variant")
-            return EXIT_OK
-    elif not versions:
+    if not args.versions and not args.new:
         raise InputError("name at least one Talos version (e.g. v1.12.0), or pass --new")
-    outcome = publish(versions, args.arch, args.variant, settings=settings)
+    outcome = publish(args.versions, args.arch, args.variant, settings=Settings.from_env(), new=args.new)
+    if not outcome.versions:
+        say("nothing new: every eligible release is published for every configured arch and variant")
+        return EXIT_OK
     for label in outcome.succeeded:
         say(f"published Talos {label}")
     for label, message in outcome.failed.items():

@@ -15,6 +15,13 @@ Eligible versions, in the order the checks run:
    published less than `PENDING_WINDOW` ago that the factory does not list yet is kept *pending*
    and looked up again on the next ticks (the factory call costs no GitHub budget).
 
+GitHub's budget (60 requests/hour without a token) is spent on one releases listing per CLI run or
+sensor tick: the facts of every release come from it (`Discovery.facts`, `ReleaseListing.facts`)
+and are handed to the runs, so no partition asks GitHub again. The listing's ETag moves whenever an
+asset's download count does, so a changed ETag alone says nothing: `release_set` fingerprints what
+matters (tags, publication times, draft and prerelease flags), and an unchanged release set is
+treated like a 304 (docs/talos-upstream.md, "Conditional requests").
+
 Why these defaults: the factory keeps prereleases of the newest minor only, so a prerelease
 partition becomes a permanent 404 once its minor ships, and one permanently failing partition
 blocks the catalog's eager rebuild; stable releases only, from the three newest minors at the
@@ -24,12 +31,15 @@ time of writing (1.10, 1.11, 1.12), keep a fresh deployment's first download bou
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UpstreamError
+from .releases import ReleaseFacts
 from .settings import SETTING_BY_NAME, Settings
 from .upstream import FactoryClient, ReleasesClient
 from .versions import TalosVersion, parse_timestamp
@@ -43,8 +53,8 @@ _DEFAULT_MIN_VERSION = TalosVersion.parse(SETTING_BY_NAME["min_version"].default
 UNAUTHENTICATED_BUDGET_PER_HOUR = 60
 AUTHENTICATED_BUDGET_PER_HOUR = 5000
 # One releases listing per tick (a 304 when nothing changed, a few pages when something did).
-# Without a token, 300 s is 12 requests/hour and leaves ~45/hour for the `talos_release` asset
-# (one request per partition it materializes) and the `talos-pipeline` CLI on the same address.
+# Without a token, 300 s is 12 requests/hour and leaves ~45/hour for the `talos-pipeline` CLI (one
+# listing per run) and hand-launched `talos_release` runs (one request each) on the same address.
 UNAUTHENTICATED_INTERVAL_SECONDS = 300
 AUTHENTICATED_INTERVAL_SECONDS = 60
 
@@ -114,8 +124,10 @@ class Discovery:
     invalid: list[Rejected] = field(default_factory=list)  # tags that are not Talos tags: reported
     excluded: list[Rejected] = field(default_factory=list)  # valid tags the policy leaves out
     pending: dict[str, str] = field(default_factory=dict)  # tag -> published_at, waiting for the factory
+    facts: dict[str, ReleaseFacts] = field(default_factory=dict)  # of the eligible releases, for their runs
     etag: str | None = None
-    not_modified: bool = False
+    not_modified: bool = False  # a 304, or the same release set as `release_set` said
+    release_set: str | None = None
 
     def invalid_note(self) -> str:
         if not self.invalid:
@@ -174,6 +186,7 @@ def classify(
             found.excluded.append(Rejected(tag, f"older than {ENV_MIN_VERSION}={policy.min_version.tag}"))
         elif tag in offered:
             eligible.add(tag)
+            found.facts[tag] = ReleaseFacts.from_github(release)
         elif _recent(published_at, now):
             found.pending[tag] = published_at
         else:
@@ -182,29 +195,65 @@ def classify(
     return found
 
 
+def release_set(releases: Iterable[dict[str, Any]]) -> str:
+    """A short fingerprint of what GitHub says about its releases, download counts left out."""
+    facts = sorted(
+        [str(r.get("tag_name")), str(r.get("published_at")), bool(r.get("draft")), bool(r.get("prerelease"))]
+        for r in releases
+        if isinstance(r, dict)
+    )
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
+
 def discover(
     releases: ReleasesClient,
     factory: FactoryClient,
     policy: DiscoveryPolicy,
     *,
     etag: str | None = None,
+    known_set: str | None = None,
     pending: Mapping[str, str] | None = None,
     now: datetime | None = None,
 ) -> Discovery:
     """List GitHub's releases (conditionally on `etag`) and cross-check them with the factory.
 
-    On a 304 only the still-pending tags are looked up again (in the factory, not on GitHub).
+    On a 304, or when the listing holds the release set `known_set` fingerprints (only download
+    counts moved), only the still-pending tags are looked up again (in the factory, not on GitHub).
     Raises `RateLimited` (with `reset_at`) or `UpstreamError` like the clients do.
     """
     now = now or datetime.now(UTC)
     page = releases.list_releases(etag)
-    if page.not_modified:
-        found = Discovery(etag=page.etag, not_modified=True)
+    current = None if page.not_modified else release_set(page.releases)
+    if page.not_modified or current == known_set:
+        found = Discovery(etag=page.etag, not_modified=True, release_set=known_set)
         if pending:
             offered = set(factory.versions())
             found.eligible = _sorted(t for t in pending if t in offered and TalosVersion.is_valid(t))
             found.pending = {t: p for t, p in pending.items() if t not in offered and _recent(p, now)}
         return found
     found = classify(page.releases, factory.versions(), policy, now=now)
-    found.etag = page.etag
+    found.etag, found.release_set = page.etag, current
     return found
+
+
+@dataclass(frozen=True)
+class ReleaseListing:
+    """GitHub's releases as one CLI run saw them: listed once, then shared by discovery, the checks
+    and every partition of the run (their facts go to the runs as config)."""
+
+    releases: list[dict[str, Any]]
+    url: str
+
+    @classmethod
+    def fetch(cls, client: ReleasesClient) -> ReleaseListing:
+        return cls(client.list_releases().releases, client.url)
+
+    def facts(self, tag: str) -> ReleaseFacts:
+        """The facts of a published release; an unknown or draft tag is an error naming it."""
+        for release in self.releases:
+            if isinstance(release, dict) and release.get("tag_name") == tag:
+                return ReleaseFacts.from_github(release)
+        raise UpstreamError(
+            f"Talos {tag} has no published GitHub release (not in {self.url}); check the tag, or wait: "
+            "releases stay drafts for a while after tagging"
+        )

@@ -20,6 +20,7 @@ from talos_pipeline.core.publish import (
     save_release,
     store_metadata_tarball,
 )
+from talos_pipeline.core.releases import ReleaseFacts
 from talos_pipeline.core.schematics import VariantResolver, registered_variants, save_variant_ids
 from talos_pipeline.core.stores import Store
 from talos_pipeline.core.variants import select_variants
@@ -37,6 +38,33 @@ class ImageSelection(dg.Config):
     variants: list[str] = Field(
         default_factory=list, description="Variant names to build (empty: every configured variant)."
     )
+
+
+class ReleaseInput(ImageSelection):
+    """`talos_release`'s config: the variants, and the release's facts when the caller (the CLI, the
+    release sensor) has them from its one releases listing; launched by hand without them, the
+    asset asks GitHub itself (one request)."""
+
+    published_at: str = Field(default="", description="GitHub's published_at of the release (empty: ask GitHub).")
+    prerelease: bool = Field(default=False, description="GitHub's prerelease flag, or a -alpha/-beta/-rc tag.")
+    html_url: str = Field(default="", description="The release's page on GitHub.")
+
+    @classmethod
+    def of(cls, facts: ReleaseFacts | None, variants: list[str] | None = None) -> "ReleaseInput":
+        if facts is None:
+            return cls(variants=variants or [])
+        return cls(
+            variants=variants or [],
+            published_at=facts.published_at,
+            prerelease=facts.prerelease,
+            html_url=facts.html_url,
+        )
+
+    def facts(self, version: str) -> ReleaseFacts | None:
+        if not self.published_at:
+            return None
+        parse_timestamp(self.published_at)  # a bad value is an error naming it
+        return ReleaseFacts(version, self.published_at, self.prerelease, self.html_url)
 
 
 def selected_images(
@@ -64,23 +92,28 @@ VARIANT_COLUMNS = [
 @dg.asset(partitions_def=image_partitions, group_name=GROUP, kinds={"github", "python"})
 def talos_release(
     context: dg.AssetExecutionContext,
-    config: ImageSelection,
+    config: ReleaseInput,
     talos_upstream: TalosUpstream,
     talos_store: TalosStore,
     talos_images: TalosImages,
     talos_signing: TalosSigning,
 ) -> dg.MaterializeResult:
-    """Facts of one Talos release from GitHub, cross-checked with the Image Factory: the version is
-    offered, and every variant's schematic is registered and asks only for extensions this version
-    has. First, what the end of the run needs: the store takes a test write, the signer opens (its
-    key, or keyless its token and certificate, kept for the run). All before any download."""
+    """Facts of one Talos release from GitHub (given by the caller's releases listing, else one
+    request), cross-checked with the Image Factory: the version is offered, and every variant's
+    schematic is registered and asks only for extensions this version has. First, what the end of
+    the run needs: the store takes a test write, the signer opens (its key, or keyless its token
+    and certificate, kept for the run). All before any download."""
     version, arch = version_and_arch(context)
     factory = talos_upstream.factory(context.log.warning)
     try:
         store = talos_store.open()
         check_store_writable(store)
         talos_signing.signer().open()
-        facts = discover_release(talos_upstream.releases(context.log.warning), factory, version)
+        facts = config.facts(version)
+        if facts is None:
+            facts = discover_release(talos_upstream.releases(context.log.warning), factory, version)
+        else:
+            factory.require_version(version)
         variants = select_variants(talos_images.variant_list(), config.variants)
         resolved = VariantResolver(factory).for_version(variants, version)
         save_release(store, arch, facts)

@@ -1,14 +1,28 @@
 """Jobs the CLI, the sensors and the UI launch."""
 
+from typing import Any
+
 import dagster as dg
 
-from .assets import talos_disk_image, talos_metadata_tarball, talos_release
+from talos_pipeline.core.releases import ReleaseFacts
+
+from .assets import ImageSelection, ReleaseInput, talos_disk_image, talos_metadata_tarball, talos_release
 from .catalog import talos_catalog
 from .records import talos_image
 from .signatures import talos_signatures
 
 per_image_assets = [talos_release, talos_metadata_tarball, talos_disk_image, talos_signatures, talos_image]
 """One partition's chain, in order: every one of them runs for one Talos version × arch."""
+
+
+def publish_run_config(release: ReleaseFacts | None = None, variants: list[str] | None = None) -> dict[str, Any]:
+    """`publish_images` config for one partition: the variants to build (all when empty) and the
+    release's facts from the caller's releases listing, so `talos_release` asks GitHub nothing."""
+    selection = ImageSelection(variants=variants or []).model_dump()
+    ops = {asset.op.name: {"config": selection} for asset in per_image_assets}
+    ops[talos_release.op.name] = {"config": ReleaseInput.of(release, variants).model_dump()}
+    return {"ops": ops}
+
 
 publish_images_job = dg.define_asset_job(
     "publish_images",

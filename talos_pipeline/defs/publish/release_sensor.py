@@ -2,7 +2,9 @@
 
 `talos_release_sensor` polls GitHub's releases (conditionally, with the ETag in its cursor),
 cross-checks the Image Factory, adds new versions as dynamic partitions and requests one
-`publish_images` run per version × configured arch. Running by default; its interval is read
+`publish_images` run per version × configured arch, each given its release's facts from the
+tick's listing (so no run asks GitHub again). A listing whose ETag moved only because download
+counts did (same release set) counts as unchanged. Running by default; its interval is read
 from the environment when the code location loads (hence a `@dg.definitions` function).
 Sensors decide; the heavy work (downloads) happens in runs.
 """
@@ -22,7 +24,7 @@ from talos_pipeline.core.upstream import RateLimited
 
 from ..partitions import TALOS_VERSIONS, image_partition_key, talos_versions
 from ..resources import TalosDiscovery, TalosImages, TalosUpstream
-from .jobs import publish_images_job
+from .jobs import publish_images_job, publish_run_config
 
 RELEASE_SENSOR = "talos_release_sensor"
 # When GitHub says "rate limited" without a reset time, wait this long before asking again.
@@ -37,13 +39,15 @@ def _utc(epoch: float) -> str:
 class ReleaseCursor:
     """The sensor's memory between ticks, a few hundred bytes of JSON.
 
-    `etag` of the last releases listing (sent as If-None-Match), the `policy` it was read under
+    `etag` of the last releases listing (sent as If-None-Match), the fingerprint of its release
+    set (`releases`: a new ETag with the same set is no change), the `policy` it was read under
     (another policy re-reads the full list), tags `pending` in the factory (tag → published_at),
     how many versions were `eligible`, and `wait_until` (epoch seconds) after a rate limit.
     Which versions are already known is the instance's dynamic partitions, not the cursor.
     """
 
     etag: str | None = None
+    releases: str | None = None
     policy: str | None = None
     pending: dict[str, str] = field(default_factory=dict)
     eligible: int = 0
@@ -57,6 +61,7 @@ class ReleaseCursor:
             body = json.loads(text)
             return cls(
                 etag=body.get("etag"),
+                releases=body.get("releases"),
                 policy=body.get("policy"),
                 pending={str(k): str(v) for k, v in (body.get("pending") or {}).items()},
                 eligible=int(body.get("eligible") or 0),
@@ -81,13 +86,14 @@ def release_sensor_tick(
     now = time.time()
     if cursor.wait_until and now < cursor.wait_until:
         return dg.SkipReason(f"GitHub rate limit: not asking again before {_utc(cursor.wait_until)}")
-    etag = cursor.etag if cursor.policy == policy.fingerprint else None
+    same_policy = cursor.policy == policy.fingerprint
     try:
         found = discover(
             talos_upstream.releases(context.log.warning),
             talos_upstream.factory(context.log.warning),
             policy,
-            etag=etag,
+            etag=cursor.etag if same_policy else None,
+            known_set=cursor.releases if same_policy else None,
             pending=cursor.pending,
         )
     except RateLimited as exc:
@@ -104,6 +110,7 @@ def release_sensor_tick(
         context.log.warning(f"GitHub release tag {rejected}; not added")
     next_cursor = ReleaseCursor(
         etag=found.etag,
+        releases=found.release_set,
         policy=policy.fingerprint,
         pending=found.pending,
         eligible=cursor.eligible if found.not_modified else len(found.eligible),
@@ -112,7 +119,8 @@ def release_sensor_tick(
     new = [v for v in found.eligible if v not in known]
     if not new:
         if found.not_modified and not found.pending:
-            reason = f"GitHub releases unchanged (304 Not Modified); {len(known)} Talos versions known"
+            how = "304 Not Modified" if found.etag == cursor.etag else "same releases, only download counts moved"
+            reason = f"GitHub releases unchanged ({how}); {len(known)} Talos versions known"
         else:
             reason = f"no new Talos versions ({policy.describe()}): {found.summary()}; {len(known)} known"
             if found.invalid:
@@ -128,6 +136,7 @@ def release_sensor_tick(
             dg.RunRequest(
                 partition_key=image_partition_key(version, arch),
                 run_key=f"{version}/{arch}",
+                run_config=publish_run_config(found.facts.get(version)),
                 tags={"talos/trigger": RELEASE_SENSOR},
             )
             for version in new
