@@ -1,17 +1,59 @@
-"""Run the Dagster jobs in-process for the CLI: `publish` and the demo.
+"""Run the Dagster jobs for the CLI: `publish` and the demo.
 
-Uses the same Definitions as `dagster dev`, on `$DAGSTER_HOME`'s instance when it is set (so
-the runs show in the UI) or an ephemeral one, with resources built from the caller's
-`Settings`. Inputs are validated before any partition is added, so a typo never leaves a dynamic
-partition behind.
+Uses the same Definitions as `dagster dev`, on `$DAGSTER_HOME`'s instance when it is set (so the
+runs show in the UI) or a private one, with resources built from the caller's `Settings`.
+Everything a publication needs is checked before any partition is added or anything downloaded
+(`plan_publication`): a typo never leaves a dynamic partition behind, a bad store or signer never
+costs a download.
+
+Concurrency: several version × arch partitions at once
+-------------------------------------------------------
+`publish` runs up to `TALOS_PUBLISH_JOBS` partitions at once, each a `publish_images` run of its
+own on the instance, so the UI shows them like any other run and the `talos_factory` pool limits
+of the instance apply (a step waits for a slot). The runs execute in **worker processes**
+(`workers.py`), not in threads of this process, because an in-process run is not thread-safe on a
+persistent instance: its compute-log capture redirects the process's own stdout and stderr file
+descriptors for the length of the run, and its interrupt handling replaces the main thread's
+SIGINT handler. Processes also put both cores to work on Dagster's own per-run overhead (about a
+second of CPU per partition), which threads under the GIL would serialise.
+
+The workers open `$DAGSTER_HOME`'s instance when it is set: the runs show in the UI, and pool
+limits (`dagster instance concurrency set talos_factory N`, or `pools:` in its dagster.yaml) bind
+them together with the daemon's runs, since pools live in the instance's storage. Without
+`$DAGSTER_HOME` nothing outlives the command and no other run shares its instance, so there is
+no pool to honour: each worker takes an ephemeral in-memory instance, and `TALOS_PUBLISH_JOBS`
+alone bounds the downloads. A temporary SQLite instance shared by the workers was measured
+instead: 0.8 s of Dagster overhead per partition on tmpfs and 2.2 s on disk (SQLite commits
+every event), against 0.4 s in memory, for no pool to enforce. One partition runs in this
+process, as before.
+
+The catalog grows as the run goes: it is rebuilt (its own `publish_catalog` run) as soon as every
+arch of a version is done, at least every `CATALOG_INTERVAL_SECONDS` while images keep arriving,
+and at the end, so a run killed or timed out halfway leaves every completed version published.
+
+Interruption (SIGINT, e.g. Ctrl-C or `timeout --signal=INT`, or SIGTERM): no new partition
+starts; running ones get `INTERRUPT_GRACE_SECONDS` to finish, then (or at a second signal) their
+worker processes are killed, which publishes nothing partial (objects are written atomically and
+records last; an interrupted upload is an invisible leftover `talos-pipeline prune` collects),
+and their runs are marked canceled on a persistent instance. The catalog is then rebuilt from
+what completed, and the publication reports itself interrupted (the CLI exits 130). The workers
+ignore SIGINT and SIGTERM, which `timeout` and a terminal send to the whole process group: the
+parent decides. A SIGKILL of the group kills everything at once; what completed before is
+already in the catalog.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
 
 import dagster as dg
 
@@ -31,8 +73,16 @@ from talos_pipeline.defs.failures import asset_error
 from talos_pipeline.defs.partitions import TALOS_VERSIONS, image_partition_key
 from talos_pipeline.defs.publish.jobs import publish_catalog_job, publish_images_job, publish_run_config
 from talos_pipeline.defs.resources import resources_from_settings
+from talos_pipeline.workers import Result, WorkerPool, in_thread, start_forkserver
 
 Log = Callable[[str], None]
+WORKER_MODULE = "talos_pipeline.publish_worker"
+"""Where a worker process's life is written; its forkserver imports it (and warms up) once."""
+WORKER_SETUP = f"{WORKER_MODULE}:start"
+CATALOG_INTERVAL_SECONDS = 180.0
+PUBLICATION_TAG = "talos/publication"
+UNFINISHED_RUNS = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+INTERRUPT_GRACE_SECONDS = 60.0
 
 
 def _stderr(message: str) -> None:
@@ -50,10 +100,13 @@ class PublishOutcome:
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     catalog_products: int | None = None
+    interrupted: bool = False
+    not_started: list[str] = field(default_factory=list)
+    """Partitions an interruption kept from starting."""
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.interrupted
 
 
 @dataclass(frozen=True)
@@ -138,19 +191,38 @@ class Launcher:
     settings: Settings
     definitions: dg.Definitions = field(default_factory=load_definitions)
     instance: dg.DagsterInstance = field(default_factory=instance_for_cli)
+    run_tags: dict[str, str] = field(default_factory=dict)
+    """On every run (`talos/publication`: which CLI publication it belongs to)."""
 
     def _execute(self, job: dg.UnresolvedAssetJobDefinition, **options) -> dg.ExecuteInProcessResult:
         return self.definitions.resolve_job_def(job.name).execute_in_process(
-            instance=self.instance, resources=resources_from_settings(self.settings), raise_on_error=False, **options
+            instance=self.instance,
+            resources=resources_from_settings(self.settings),
+            raise_on_error=False,
+            tags=self.run_tags,
+            **options,
         )
+
+    def cancel_unfinished_runs(self, reason: str) -> int:
+        """Mark this publication's runs that were left running (their process was killed) canceled."""
+        if not self.instance.is_persistent or not self.run_tags:
+            return 0
+        runs = self.instance.get_runs(dg.RunsFilter(tags=self.run_tags, statuses=UNFINISHED_RUNS))
+        for run in runs:
+            self.instance.report_run_canceled(run, message=reason)
+        return len(runs)
+
+    def add_partitions(self, tags: list[str]) -> None:
+        missing = [tag for tag in tags if not self.instance.has_dynamic_partition(TALOS_VERSIONS, tag)]
+        if missing:
+            self.instance.add_dynamic_partitions(TALOS_VERSIONS, missing)
 
     def publish_partition(
         self, tag: str, arch: str, variant_names: list[str], release: ReleaseFacts | None = None
     ) -> str | None:
         """Run `publish_images` for one version × arch; the asset's error message, or None.
         `release`: the facts from the caller's releases listing (else the run asks GitHub)."""
-        if not self.instance.has_dynamic_partition(TALOS_VERSIONS, tag):
-            self.instance.add_dynamic_partitions(TALOS_VERSIONS, [tag])
+        self.add_partitions([tag])
         run_config = {
             **publish_run_config(release, variant_names),
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
@@ -169,6 +241,170 @@ class Launcher:
         return (products.value if isinstance(products, dg.IntMetadataValue) else None), None
 
 
+@dataclass(frozen=True)
+class PartitionTask:
+    tag: str
+    arch: str
+    release: ReleaseFacts
+
+    @property
+    def label(self) -> str:
+        return f"{self.tag} {self.arch}"
+
+
+@dataclass
+class CatalogFollower:
+    """When to rebuild the catalog during a publication: once every arch of a version is done,
+    at least every `CATALOG_INTERVAL_SECONDS` while images keep arriving, and at the end."""
+
+    remaining: dict[str, set[str]]
+    """Version → arches not done yet."""
+    fresh: bool = False
+    """Something was published since the last rebuild."""
+    last: float = field(default_factory=time.monotonic)
+
+    def done(self, task: PartitionTask, succeeded: bool) -> bool:
+        """Record a finished partition; whether the catalog should be rebuilt now."""
+        self.remaining[task.tag].discard(task.arch)
+        self.fresh = self.fresh or succeeded
+        return (self.fresh and not self.remaining[task.tag]) or self.due()
+
+    def due(self) -> bool:
+        return self.fresh and time.monotonic() - self.last >= CATALOG_INTERVAL_SECONDS
+
+    def rebuilt(self) -> None:
+        self.fresh, self.last = False, time.monotonic()
+
+
+class Interruption:
+    """SIGINT and SIGTERM while partitions run in workers: the first signal stops the publication,
+    a second one, or `INTERRUPT_GRACE_SECONDS` after the first, aborts the running partitions.
+    Handlers are installed only in the main thread (elsewhere Python does not deliver signals)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self.first_at: float | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals.append(signum)
+        self.first_at = self.first_at or time.monotonic()
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signals)
+
+    @property
+    def aborting(self) -> bool:
+        grace_over = self.first_at is not None and time.monotonic() - self.first_at >= INTERRUPT_GRACE_SECONDS
+        return len(self.signals) > 1 or grace_over
+
+    def __enter__(self) -> Interruption:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+@dataclass
+class Publication:
+    """One CLI publication under way: its plan, its launcher, what happened so far."""
+
+    plan: PublishPlan
+    settings: Settings
+    launcher: Launcher
+    log: Log
+    outcome: PublishOutcome
+    follower: CatalogFollower = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.follower = CatalogFollower({tag: set(self.plan.arches) for tag in self.plan.tags})
+
+    def tasks(self) -> list[PartitionTask]:
+        return [PartitionTask(tag, arch, self.plan.releases[tag]) for tag, arch in self.plan.partitions]
+
+    def finished(self, task: PartitionTask, error: str | None) -> None:
+        if error is None:
+            self.outcome.succeeded.append(task.label)
+            self.log(f"published Talos {task.label}")
+        else:
+            self.outcome.failed[task.label] = error
+            self.log(f"FAILED Talos {task.label}: {error}")
+        if self.follower.done(task, error is None):
+            self.rebuild_catalog()
+
+    def rebuild_catalog(self) -> None:
+        """A `publish_catalog` run, in a thread: the main thread keeps handling signals meanwhile."""
+        self.follower.rebuilt()
+        products, error = in_thread(self.launcher.rebuild_catalog)
+        if error is not None:
+            self.outcome.failed["catalog"] = error
+            self.log(f"FAILED catalog: {error}")
+            return
+        self.outcome.failed.pop("catalog", None)
+        self.outcome.catalog_products = products
+        self.log(f"catalog: {products} products")
+
+    def run_here(self) -> None:
+        """The partitions one after another in this process (a single partition)."""
+        for task in self.tasks():
+            self.log(f"publishing Talos {task.label} ({', '.join(self.plan.variants)}) into {self.settings.store}")
+            self.finished(task, self.launcher.publish_partition(task.tag, task.arch, self.plan.variants, task.release))
+
+    def run_in_workers(self, jobs: int) -> None:
+        """The partitions in `jobs` worker processes, the catalog following (see the module docstring)."""
+        tasks = self.tasks()
+        self.launcher.add_partitions(self.plan.tags)
+        setup_args = (
+            self.settings,
+            self.launcher.instance.get_ref() if self.launcher.instance.is_persistent else None,
+            dict(os.environ),
+            os.getcwd(),
+            self.plan.variants,
+            self.launcher.run_tags,
+        )
+        self.log(
+            f"publishing {len(tasks)} partitions ({len(self.plan.tags)} versions × {', '.join(self.plan.arches)}; "
+            f"{', '.join(self.plan.variants)}) into {self.settings.store}, {jobs} at a time"
+        )
+        with (
+            Interruption() as interruption,
+            WorkerPool(jobs, tasks, WORKER_SETUP, setup_args, [WORKER_MODULE]) as pool,
+        ):
+            aborted = False
+            while pool.busy:
+                if interruption.requested and not pool.stopping:
+                    self.log(
+                        f"interrupted: no new partition starts; running ones get {INTERRUPT_GRACE_SECONDS:.0f}s "
+                        "to finish (interrupt again to abort them now)"
+                    )
+                    pool.stop()
+                if interruption.aborting and not aborted:
+                    self.log("aborting the running partitions: nothing partial is published")
+                    pool.abort()
+                    aborted = True
+                result: Result | None = pool.next(timeout=0.5)
+                if result is not None:
+                    self.finished(result.task, result.error)
+                elif self.follower.due():
+                    self.rebuild_catalog()
+            self.outcome.interrupted = interruption.requested
+            for task in pool.not_started():
+                if interruption.requested:
+                    self.outcome.not_started.append(task.label)
+                else:
+                    self.outcome.failed[task.label] = "not started: every worker process ended before it"
+        if aborted:
+            self.launcher.cancel_unfinished_runs("aborted: the publication was interrupted")
+        if self.follower.fresh:
+            self.rebuild_catalog()
+
+
 def publish(
     versions: list[str],
     arches: list[str] | None = None,
@@ -179,26 +415,21 @@ def publish(
     log: Log = _stderr,
 ) -> PublishOutcome:
     """Publish every version × arch (each configured or selected variant), with `new` also every
-    eligible release not yet published here, then rebuild the catalog once if anything was
-    published. `settings` default to the environment's."""
+    eligible release not yet published here, up to `TALOS_PUBLISH_JOBS` partitions at once; the
+    catalog is rebuilt as versions complete (see the module docstring). `settings` default to the
+    environment's."""
     settings = settings or Settings.from_env()
+    if new or len(versions) * len(arches or settings.arch_list()) > 1:
+        start_forkserver([WORKER_MODULE])  # its imports overlap with the checks below
     plan = plan_publication(settings, versions, arches, variants, new=new, log=log)
     outcome = PublishOutcome(versions=plan.tags)
-    if not plan.tags:
+    jobs = min(settings.publish_jobs, len(plan.partitions))
+    if jobs == 0:
         return outcome
-    launcher = Launcher(settings)
-    for tag in plan.tags:
-        for arch in plan.arches:
-            label = f"{tag} {arch}"
-            log(f"publishing Talos {label} ({', '.join(plan.variants)}) into {settings.store}")
-            error = launcher.publish_partition(tag, arch, plan.variants, plan.releases[tag])
-            if error is None:
-                outcome.succeeded.append(label)
-            else:
-                outcome.failed[label] = error
-                log(f"FAILED Talos {label}: {error}")
-    if outcome.succeeded:
-        outcome.catalog_products, error = launcher.rebuild_catalog()
-        if error is not None:
-            outcome.failed["catalog"] = error
+    launcher = Launcher(settings, run_tags={PUBLICATION_TAG: uuid.uuid4().hex[:12]})
+    publication = Publication(plan, settings, launcher, log, outcome)
+    if len(plan.partitions) == 1:
+        publication.run_here()
+    else:
+        publication.run_in_workers(jobs)
     return outcome

@@ -49,6 +49,9 @@ RELEASES = [
 INITIAL = ["v1.11.6", "v1.12.0", "v1.12.1"]
 ADDED = "v1.12.2"
 DISK_SIZE = 256 * 1024
+COLD_BUILD = 0.5  # long enough for runs to overlap in their download step, were the pool not there
+MAX_CONCURRENT_RUNS = 2
+POOL_LIMIT = 1
 FINISHED_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
 TERMINAL_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
@@ -141,11 +144,11 @@ def dagster_yaml(postgres_url: str | None) -> str:
         "  enabled: false",
         "nux:",
         "  enabled: false",
-        "concurrency:",
+        "concurrency:",  # docs/deployment.md, "Concurrency": runs at once, factory downloads at once
         "  runs:",
-        "    max_concurrent_runs: 2",
+        f"    max_concurrent_runs: {MAX_CONCURRENT_RUNS}",
         "  pools:",
-        "    default_limit: 2",
+        f"    default_limit: {POOL_LIMIT}",
         "sensors:",
         "  use_threads: true",
         "  num_workers: 4",
@@ -182,7 +185,7 @@ class Deployment:
 
     def runs(self) -> list[dict]:
         data = self.graphql(
-            "{ runsOrError(limit: 200) { ... on Runs { results { runId jobName status "
+            "{ runsOrError(limit: 200) { ... on Runs { results { runId jobName status startTime endTime "
             "tags { key value } assetSelection { path } } } } }"
         )
         return data["runsOrError"]["results"]
@@ -415,6 +418,16 @@ def setup(request, tmp_path) -> Iterator[Setup]:
         yield Setup(request.param, store, url)
 
 
+def most_at_once(runs: list[dict]) -> int:
+    """The most runs in progress at one time, from their start and end times."""
+    edges = sorted([(r["startTime"], 1) for r in runs] + [(r["endTime"], -1) for r in runs], key=lambda e: (e[0], e[1]))
+    level = most = 0
+    for _, step in edges:
+        level += step
+        most = max(most, level)
+    return most
+
+
 def builds_catalog(run: dict) -> bool:
     return run["jobName"] == "publish_catalog" or {"path": ["talos_catalog"]} in (run["assetSelection"] or [])
 
@@ -428,7 +441,8 @@ def rebuilt_by(run: dict) -> str:
 
 def test_dagster_publishes_new_releases_and_backfills_by_itself(tmp_path, qcow2_cache, setup):
     timings: dict[str, float] = {}
-    with UpstreamSimulator(releases=RELEASES, disk_size=DISK_SIZE, cache_dir=qcow2_cache) as simulator, \
+    with UpstreamSimulator(releases=RELEASES, disk_size=DISK_SIZE, cache_dir=qcow2_cache,
+                           first_byte_delay=COLD_BUILD) as simulator, \
          dagster_dev(tmp_path, simulator, setup.store, setup.postgres_url, {}) as deployment:  # fmt: skip
         timings.update(deployment.timings)
         started = time.monotonic()
@@ -445,6 +459,9 @@ def test_dagster_publishes_new_releases_and_backfills_by_itself(tmp_path, qcow2_
         sensor_runs = [r for r in runs if {"key": "talos/trigger", "value": "talos_release_sensor"} in r["tags"]]
         assert len(sensor_runs) == len(INITIAL) * len(ARCHES), deployment.diagnostics()
         assert all(r["status"] == "SUCCESS" for r in sensor_runs), deployment.diagnostics()
+        in_progress = most_at_once(sensor_runs)
+        assert 2 <= in_progress <= MAX_CONCURRENT_RUNS, f"runs at once: {in_progress}\n{deployment.diagnostics()}"
+        assert simulator.build_stats().max_concurrent == POOL_LIMIT, "the talos_factory pool bounds the downloads"
         catalog_runs = [r for r in runs if builds_catalog(r)]
         assert catalog_runs and all(r["status"] == "SUCCESS" for r in catalog_runs), deployment.diagnostics()
         assert {rebuilt_by(r) for r in catalog_runs} <= {"automation", "talos_catalog_sensor"}, deployment.diagnostics()

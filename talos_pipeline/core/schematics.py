@@ -154,8 +154,10 @@ def variants_state_key(version: str, arch: str) -> str:
 
 def save_variant_ids(store: Store, version: str, arch: str, resolved: Iterable[ResolvedVariant]) -> None:
     """Remember the schematic ids of this partition's file variants (others keep theirs)."""
-    ids = _variant_ids(store, version, arch)
-    ids.update({r.variant.name: r.variant.schematic for r in resolved if r.variant.schematic_file is not None})
+    registered = {r.variant.name: r.variant.schematic for r in resolved if r.variant.schematic_file is not None}
+    if not registered:
+        return
+    ids = {**_variant_ids(store, version, arch), **registered}
     store.put_bytes(variants_state_key(version, arch), (json.dumps(ids, indent=2, sort_keys=True) + "\n").encode())
 
 
