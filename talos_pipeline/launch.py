@@ -110,18 +110,29 @@ class PublishOutcome:
 
 
 @dataclass(frozen=True)
+class PartitionTask:
+    """One version × arch to publish: the variants to build, and the release's facts."""
+
+    tag: str
+    arch: str
+    variants: list[str]
+    release: ReleaseFacts
+
+    @property
+    def label(self) -> str:
+        return f"{self.tag} {self.arch}"
+
+
+@dataclass(frozen=True)
 class PublishPlan:
     """What one CLI publication does, every part checked before anything is downloaded."""
 
-    tags: list[str]
-    arches: list[str]
-    variants: list[str]
-    releases: dict[str, ReleaseFacts]
-    """Each tag's facts, from the run's one releases listing (handed to its partitions)."""
+    tasks: list[PartitionTask]
+    """Named versions: every arch and variant; found by `new`: what is missing of them here."""
 
     @property
-    def partitions(self) -> list[tuple[str, str]]:
-        return [(tag, arch) for tag in self.tags for arch in self.arches]
+    def tags(self) -> list[str]:
+        return list(dict.fromkeys(task.tag for task in self.tasks))
 
 
 def plan_publication(
@@ -137,17 +148,20 @@ def plan_publication(
     (and, with `new`, the eligible releases not yet published here); the factory offers each
     version; the store takes a test write and the signer opens; each version has the extensions
     every variant asks for. Nothing is downloaded before all of it holds."""
-    tags = [TalosVersion.parse(v).tag for v in versions]
+    named = [TalosVersion.parse(v).tag for v in versions]
     arch_list = parse_arches(arches) if arches else settings.arch_list()
     variant_list = select_variants(settings.variant_list(), variants)
-    if not tags and not new:
+    if not named and not new:
         raise InputError("name at least one Talos version, e.g. `talos-pipeline publish v1.12.0`")
     factory = FactoryClient(settings.factory_url)
     listing = ReleaseListing.fetch(ReleasesClient(settings.releases_url, settings.github_token))
     offered = factory.versions()
+    every = [v.name for v in variant_list]
+    work = {(tag, arch): every for tag in named for arch in arch_list}
     if new:
-        tags += unpublished_versions(settings, listing, offered, arch_list, variant_list, log)
-    tags = list(dict.fromkeys(tags))
+        for (tag, arch), missing in unpublished(settings, listing, offered, arch_list, variant_list, log).items():
+            work.setdefault((tag, arch), missing)
+    tags = list(dict.fromkeys(tag for tag, _ in work))
     releases = {}
     for tag in tags:
         if tag not in offered:
@@ -161,27 +175,31 @@ def plan_publication(
         resolver = VariantResolver(factory)
         for tag in tags:
             resolver.for_version(variant_list, tag)
-    return PublishPlan(tags, arch_list, [v.name for v in variant_list], releases)
+    return PublishPlan([PartitionTask(tag, arch, names, releases[tag]) for (tag, arch), names in work.items()])
 
 
-def unpublished_versions(
+def unpublished(
     settings: Settings,
     listing: ReleaseListing,
     offered: list[str],
     arches: list[str],
     variants: list[Variant],
     log: Log = _stderr,
-) -> list[str]:
-    """Eligible upstream releases (the sensor's policy) missing any of these arches × variants here."""
+) -> dict[tuple[str, str], list[str]]:
+    """What is missing here of the eligible upstream releases (the sensor's policy): (version,
+    arch) → the variants without a product record, in configured order. What is published is not
+    published again (a partition killed between two variants' records redoes only the other)."""
     policy = DiscoveryPolicy.from_settings(settings)
     found = classify(listing.releases, offered, policy)
     log(f"upstream: {found.summary()} ({policy.describe()})")
     records, _ = load_records(open_store(settings.store, settings))
-    wanted = {(arch, variant.name) for arch in arches for variant in variants}
-    published: dict[str, set[tuple[str, str]]] = {}
-    for record in records:
-        published.setdefault(record.version, set()).add((record.arch, record.variant))
-    return [tag for tag in found.eligible if not wanted <= published.get(tag, set())]
+    published = {(r.version, r.arch, r.variant) for r in records}
+    missing = {
+        (tag, arch): [v.name for v in variants if (tag, arch, v.name) not in published]
+        for tag in found.eligible
+        for arch in arches
+    }
+    return {partition: names for partition, names in missing.items() if names}
 
 
 @dataclass
@@ -239,17 +257,6 @@ class Launcher:
             return None, asset_error(result.all_events) or "run failed"
         products = result.asset_materializations_for_node("talos_catalog")[0].metadata["products"]
         return (products.value if isinstance(products, dg.IntMetadataValue) else None), None
-
-
-@dataclass(frozen=True)
-class PartitionTask:
-    tag: str
-    arch: str
-    release: ReleaseFacts
-
-    @property
-    def label(self) -> str:
-        return f"{self.tag} {self.arch}"
 
 
 @dataclass
@@ -323,10 +330,10 @@ class Publication:
     follower: CatalogFollower = field(init=False)
 
     def __post_init__(self) -> None:
-        self.follower = CatalogFollower({tag: set(self.plan.arches) for tag in self.plan.tags})
-
-    def tasks(self) -> list[PartitionTask]:
-        return [PartitionTask(tag, arch, self.plan.releases[tag]) for tag, arch in self.plan.partitions]
+        remaining: dict[str, set[str]] = {}
+        for task in self.plan.tasks:
+            remaining.setdefault(task.tag, set()).add(task.arch)
+        self.follower = CatalogFollower(remaining)
 
     def finished(self, task: PartitionTask, error: str | None) -> None:
         if error is None:
@@ -352,25 +359,24 @@ class Publication:
 
     def run_here(self) -> None:
         """The partitions one after another in this process (a single partition)."""
-        for task in self.tasks():
-            self.log(f"publishing Talos {task.label} ({', '.join(self.plan.variants)}) into {self.settings.store}")
-            self.finished(task, self.launcher.publish_partition(task.tag, task.arch, self.plan.variants, task.release))
+        for task in self.plan.tasks:
+            self.log(f"publishing Talos {task.label} ({', '.join(task.variants)}) into {self.settings.store}")
+            self.finished(task, self.launcher.publish_partition(task.tag, task.arch, task.variants, task.release))
 
     def run_in_workers(self, jobs: int) -> None:
         """The partitions in `jobs` worker processes, the catalog following (see the module docstring)."""
-        tasks = self.tasks()
+        tasks = self.plan.tasks
         self.launcher.add_partitions(self.plan.tags)
         setup_args = (
             self.settings,
             self.launcher.instance.get_ref() if self.launcher.instance.is_persistent else None,
             dict(os.environ),
             os.getcwd(),
-            self.plan.variants,
             self.launcher.run_tags,
         )
         self.log(
-            f"publishing {len(tasks)} partitions ({len(self.plan.tags)} versions × {', '.join(self.plan.arches)}; "
-            f"{', '.join(self.plan.variants)}) into {self.settings.store}, {jobs} at a time"
+            f"publishing {len(tasks)} partitions of {len(self.plan.tags)} versions into {self.settings.store}, "
+            f"{jobs} at a time"
         )
         with (
             Interruption() as interruption,
@@ -423,12 +429,12 @@ def publish(
         start_forkserver([WORKER_MODULE])  # its imports overlap with the checks below
     plan = plan_publication(settings, versions, arches, variants, new=new, log=log)
     outcome = PublishOutcome(versions=plan.tags)
-    jobs = min(settings.publish_jobs, len(plan.partitions))
+    jobs = min(settings.publish_jobs, len(plan.tasks))
     if jobs == 0:
         return outcome
     launcher = Launcher(settings, run_tags={PUBLICATION_TAG: uuid.uuid4().hex[:12]})
     publication = Publication(plan, settings, launcher, log, outcome)
-    if len(plan.partitions) == 1:
+    if len(plan.tasks) == 1:
         publication.run_here()
     else:
         publication.run_in_workers(jobs)

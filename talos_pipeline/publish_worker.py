@@ -29,7 +29,6 @@ def start(
     instance_ref: Any,
     environ: dict[str, str],
     cwd: str,
-    variants: list[str],
     run_tags: dict[str, str],
 ) -> Callable[[PartitionTask], str | None]:
     """Set up this worker: the caller's environment and directory (a forked worker starts with the
@@ -40,4 +39,4 @@ def start(
     os.environ.update(environ)
     instance = dg.DagsterInstance.from_ref(instance_ref) if instance_ref else dg.DagsterInstance.ephemeral()
     launcher = Launcher(settings, definitions=DEFINITIONS, instance=instance, run_tags=run_tags)
-    return lambda task: launcher.publish_partition(task.tag, task.arch, variants, task.release)
+    return lambda task: launcher.publish_partition(task.tag, task.arch, task.variants, task.release)
