@@ -11,11 +11,22 @@ Concurrency: several version × arch partitions at once
 `publish` runs up to `TALOS_PUBLISH_JOBS` partitions at once, each a `publish_images` run of its
 own on the instance, so the UI shows them like any other run and the `talos_factory` pool limits
 of the instance apply (a step waits for a slot). The runs execute in **worker processes**
-(`workers.py`), not in threads of this process, because an in-process run is not thread-safe on a
-persistent instance: its compute-log capture redirects the process's own stdout and stderr file
-descriptors for the length of the run, and its interrupt handling replaces the main thread's
-SIGINT handler. Processes also put both cores to work on Dagster's own per-run overhead (about a
-second of CPU per partition), which threads under the GIL would serialise.
+(`workers.py`), not in threads of this process:
+
+* a process can be stopped at any point, and publication is safe to kill (objects are written
+  atomically, records last); a thread cannot: a partition waiting on a 20-minute cold build could
+  only be abandoned by leaving the whole command, without the final catalog rebuild an
+  interrupted publication owes;
+* Dagster executes one run per process: in the main thread it replaces the SIGINT handler for the
+  length of a run (and turns an interrupt inside a step into a retry of the step), and on an
+  instance that captures compute logs it redirects the process's stdout and stderr file
+  descriptors for the length of a run (CLI runs do not capture: `instance_for_cli`);
+* Dagster's own per-run work (about 0.5 s of CPU per partition here) runs on every core instead
+  of taking turns under the GIL.
+
+The price is start-up: the workers' forkserver imports Dagster and loads the definitions once
+(measured on 2 cores: 4-5 s before the first worker runs, overlapped with the checks before any
+download), which threads would not pay. Against a first publication's hour that is nothing.
 
 The workers open `$DAGSTER_HOME`'s instance when it is set: the runs show in the UI, and pool
 limits (`dagster instance concurrency set talos_factory N`, or `pools:` in its dagster.yaml) bind
@@ -73,7 +84,7 @@ from talos_pipeline.defs.failures import asset_error
 from talos_pipeline.defs.partitions import TALOS_VERSIONS, image_partition_key
 from talos_pipeline.defs.publish.jobs import publish_catalog_job, publish_images_job, publish_run_config
 from talos_pipeline.defs.resources import resources_from_settings
-from talos_pipeline.workers import Result, WorkerPool, in_thread, start_forkserver
+from talos_pipeline.workers import Abandoned, Result, WorkerPool, in_thread, start_forkserver
 
 Log = Callable[[str], None]
 WORKER_MODULE = "talos_pipeline.publish_worker"
@@ -81,6 +92,9 @@ WORKER_MODULE = "talos_pipeline.publish_worker"
 WORKER_SETUP = f"{WORKER_MODULE}:start"
 CATALOG_INTERVAL_SECONDS = 180.0
 PUBLICATION_TAG = "talos/publication"
+NO_CAPTURED_LOGS: Any = {
+    "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+}
 UNFINISHED_RUNS = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 INTERRUPT_GRACE_SECONDS = 60.0
 
@@ -90,7 +104,16 @@ def _stderr(message: str) -> None:
 
 
 def instance_for_cli() -> dg.DagsterInstance:
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    """`$DAGSTER_HOME`'s instance, its runs shown in the UI, minus the capture of the runs'
+    stdout and stderr (a CLI run's output is on the terminal; capturing redirects the whole
+    process's file descriptors for the length of a run and costs two helper processes per run;
+    the event log is complete either way). Without `$DAGSTER_HOME`, an ephemeral instance."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    if not (os.path.isabs(home) and os.path.isdir(home)):
+        return dg.DagsterInstance.get()  # raises Dagster's own explanation of what is wrong with it
+    return dg.DagsterInstance.local_temp(home, overrides=NO_CAPTURED_LOGS)
 
 
 @dataclass
@@ -284,20 +307,32 @@ class CatalogFollower:
 
 
 class Interruption:
-    """SIGINT and SIGTERM while partitions run in workers: the first signal stops the publication,
-    a second one, or `INTERRUPT_GRACE_SECONDS` after the first, aborts the running partitions.
-    Handlers are installed only in the main thread (elsewhere Python does not deliver signals)."""
+    """SIGINT and SIGTERM while partitions run: the first signal stops the publication, a second
+    one, or `INTERRUPT_GRACE_SECONDS` after the first, aborts the running partitions. Handlers are
+    installed only in the main thread (elsewhere Python does not deliver signals)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    NOTICE = (
+        f"interrupted: no new partition starts; running ones get {INTERRUPT_GRACE_SECONDS:.0f}s to finish "
+        "(interrupt again to abort them now)"
+    )
 
     def __init__(self) -> None:
         self.signals: list[int] = []
         self.first_at: float | None = None
         self._previous: dict[int, Any] = {}
+        self._told = False
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.signals.append(signum)
         self.first_at = self.first_at or time.monotonic()
+
+    def noticed(self, log: Log) -> bool:
+        """Whether a signal came; says once what happens now."""
+        if self.signals and not self._told:
+            self._told = True
+            log(self.NOTICE)
+        return bool(self.signals)
 
     @property
     def requested(self) -> bool:
@@ -358,10 +393,21 @@ class Publication:
         self.log(f"catalog: {products} products")
 
     def run_here(self) -> None:
-        """The partitions one after another in this process (a single partition)."""
-        for task in self.plan.tasks:
-            self.log(f"publishing Talos {task.label} ({', '.join(task.variants)}) into {self.settings.store}")
-            self.finished(task, self.launcher.publish_partition(task.tag, task.arch, task.variants, task.release))
+        """A single partition, in a thread of this process; signals as in the workers' case (a
+        run abandoned at the end of the grace period or at a second signal ends with the process)."""
+        (task,) = self.plan.tasks
+        self.log(f"publishing Talos {task.label} ({', '.join(task.variants)}) into {self.settings.store}")
+        with Interruption() as interruption:
+            try:
+                error = in_thread(
+                    lambda: self.launcher.publish_partition(task.tag, task.arch, task.variants, task.release),
+                    give_up=lambda: interruption.noticed(self.log) and interruption.aborting,
+                )
+            except Abandoned:
+                error = "aborted: the publication was interrupted"
+                self.launcher.cancel_unfinished_runs(error)
+            self.outcome.interrupted = interruption.requested
+            self.finished(task, error)
 
     def run_in_workers(self, jobs: int) -> None:
         """The partitions in `jobs` worker processes, the catalog following (see the module docstring)."""
@@ -384,11 +430,7 @@ class Publication:
         ):
             aborted = False
             while pool.busy:
-                if interruption.requested and not pool.stopping:
-                    self.log(
-                        f"interrupted: no new partition starts; running ones get {INTERRUPT_GRACE_SECONDS:.0f}s "
-                        "to finish (interrupt again to abort them now)"
-                    )
+                if interruption.noticed(self.log) and not pool.stopping:
                     pool.stop()
                 if interruption.aborting and not aborted:
                     self.log("aborting the running partitions: nothing partial is published")

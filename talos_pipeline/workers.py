@@ -55,9 +55,14 @@ def start_forkserver(preload: list[str]) -> None:
     multiprocessing.forkserver.ensure_running()
 
 
-def in_thread(work: Callable[[], Any]) -> Any:
+class Abandoned(Exception):
+    """`in_thread` stopped waiting: its `give_up` said so."""
+
+
+def in_thread(work: Callable[[], Any], give_up: Callable[[], bool] = lambda: False) -> Any:
     """`work()` in a thread of its own, joined in short waits so that the calling (main) thread
-    keeps its signal handlers and runs them meanwhile; its result, or its exception re-raised."""
+    keeps its signal handlers and runs them meanwhile; its result, or its exception re-raised.
+    When `give_up()` turns true first, raises `Abandoned` (the daemon thread dies with the process)."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -69,6 +74,8 @@ def in_thread(work: Callable[[], Any]) -> Any:
     thread = threading.Thread(target=target, name="talos-task", daemon=True)
     thread.start()
     while thread.is_alive():
+        if give_up():
+            raise Abandoned
         thread.join(0.2)
     if "error" in outcome:
         raise outcome["error"]

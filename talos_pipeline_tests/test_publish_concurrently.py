@@ -199,3 +199,30 @@ def test_a_second_sigint_aborts_the_running_partitions(pipeline_env, simulator, 
         assert runs and {r.status for r in runs} == {dg.DagsterRunStatus.CANCELED}, [r.status for r in runs]
     prune_store(pipeline_env.open(), RetentionPolicy(grace_seconds=0), ["nocloud", "metal"])
     assert pipeline_env.leftovers() == []
+
+
+def test_one_partition_is_interrupted_the_same_way(pipeline_env, simulator, tmp_path, monkeypatch):
+    """A single partition runs in the CLI's own process: SIGINT lets it finish (exit 130), a
+    second one abandons it: nothing published, its run canceled."""
+    simulator.first_byte_delay = 3.0
+    finishing = start_publish("v1.12.0", "--arch", "amd64", "--variant", "nocloud")
+    wait_for("the disk's cold build", lambda: simulator.build_stats().running)
+    os.killpg(finishing.pid, signal.SIGINT)
+    output = finishing.communicate(timeout=60)[0]
+    assert finishing.returncode == 130 and "published Talos v1.12.0 amd64" in output, output
+    assert products(pipeline_env) == {"talos:v1.12.0:amd64:nocloud"}
+
+    dagster_home(tmp_path, monkeypatch)
+    simulator.first_byte_delay = 60.0
+    abandoned = start_publish("v1.12.1", "--arch", "amd64", "--variant", "nocloud")
+    wait_for("the disk's cold build", lambda: simulator.build_stats().running)
+    os.killpg(abandoned.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.kill(abandoned.pid, signal.SIGINT)
+    output = abandoned.communicate(timeout=60)[0]
+    assert abandoned.returncode == 130 and "FAILED v1.12.1 amd64: aborted" in output, output
+    assert not pipeline_env.keys("records/v1.12.1/")
+    assert products(pipeline_env) == {"talos:v1.12.0:amd64:nocloud"}
+    with dg.DagsterInstance.get() as instance:
+        (run,) = [r for r in instance.get_runs() if r.job_name == "publish_images"]
+        assert run.status == dg.DagsterRunStatus.CANCELED
