@@ -4,10 +4,12 @@ uvicorn options set here (and why):
 
 | option | value | why |
 |---|---|---|
-| `http` | `BoundedHttpTools` | uvicorn's httptools parser (about twice h11's requests/s), with the request-head cap it lacks: a request line + headers over 16 KiB is answered `400` and the connection closed, however it arrives |
+| `http` | `BoundedHttpTools` | uvicorn's httptools parser (about twice h11's requests/s), with the request-head |
+|  |  | cap it lacks: a head over 16 KiB is answered `400` and the connection closed, however it arrives |
 | `limit_concurrency` | 1024 | beyond that many connections/tasks new requests get `503` instead of piling up |
 | `timeout_keep_alive` | 5 s | idle keep-alive connections are closed |
-| `timeout_graceful_shutdown` | 20 s | on SIGTERM, downloads in flight get this long; idle TLS connections whose client never answers the close_notify would otherwise hold the shutdown up |
+| `timeout_graceful_shutdown` | 20 s | on SIGTERM, downloads in flight get this long; idle TLS connections |
+|  |  | whose client never answers the close_notify would otherwise hold the shutdown up |
 | `backlog` | 2048 | uvicorn's default, explicit |
 | `server_header` | off | no version banner |
 | `access_log` | off | `serve.access` already logs each request once (with bytes and duration) |
@@ -33,8 +35,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from talos_pipeline.core.errors import ConfigError
 from talos_pipeline.core.stores import Store
 
-from .app import MAX_REQUEST_HEAD, create_app
-from .streams import StreamAborted
+from .app import create_app
+from .bodies import StreamAborted
+from .guard import MAX_REQUEST_HEAD
 from .tls import tls13_context_factory
 
 LIMIT_CONCURRENCY = 1024
@@ -139,19 +142,28 @@ def uvicorn_options(
     return options
 
 
-def app_from_env():
-    """The app as configured by the environment (`uvicorn --factory serve.server:app_from_env`)."""
-    from talos_pipeline.core.settings import Settings
-    from talos_pipeline.core.stores import open_store
+def serve_app(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8443,
+    cert: str | None = None,
+    key: str | None = None,
+    *,
+    log_level: str = "info",
+    uvicorn_overrides: dict[str, Any] | None = None,
+) -> None:
+    """Serve `app` in the foreground until SIGINT/SIGTERM."""
+    options = uvicorn_options(host, port, cert, key, log_config=logging_config(log_level), **(uvicorn_overrides or {}))
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server.run()
+    if not server.started:
+        raise ConfigError(f"the server could not start on {host}:{port} (see the log above)")
 
-    settings = Settings.from_env()
-    return create_app(
-        open_store(settings.store),
-        public_url=settings.public_url,
-        disk_mode=settings.disk_mode,
-        factory_url=settings.factory_url,
-        verify_reads=settings.verify_reads,
-    )
+
+def serve_workers(host: str, port: int, cert: str | None, key: str | None, *, workers: int, log_level: str) -> None:
+    """`workers` processes, each building the app from the settings table (`app_from_settings`)."""
+    options = uvicorn_options(host, port, cert, key, log_config=logging_config(log_level))
+    uvicorn.run("serve.app:app_from_settings", factory=True, workers=workers, **options)
 
 
 def serve_forever(
@@ -166,12 +178,9 @@ def serve_forever(
     **app_kwargs: Any,
 ) -> None:
     """Serve `store` in the foreground until SIGINT/SIGTERM (`app_kwargs` go to `create_app`)."""
-    app = create_app(store, **app_kwargs)
-    options = uvicorn_options(host, port, cert, key, log_config=logging_config(log_level), **(uvicorn_overrides or {}))
-    server = uvicorn.Server(uvicorn.Config(app, **options))
-    server.run()
-    if not server.started:
-        raise ConfigError(f"the server could not start on {host}:{port} (see the log above)")
+    serve_app(
+        create_app(store, **app_kwargs), host, port, cert, key, log_level=log_level, uvicorn_overrides=uvicorn_overrides
+    )
 
 
 def _url_host(host: str) -> str:

@@ -108,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serve.__main__ import run
+    from serve.command import run
 
     return run(args)
 

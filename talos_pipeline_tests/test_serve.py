@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from serve import create_app, generate_self_signed, start_in_thread
-from serve.catalog import parse_catalog
+from serve.snapshot import parse_catalog
 from serve.tls import server_ssl_context
 from talos_pipeline.core.errors import StoreError
 from talos_pipeline.core.images import IMAGES_KEY, INDEX_KEY
@@ -505,7 +505,7 @@ def test_corrupt_or_missing_store_objects_fail_loudly(copied_store, tls, caplog)
         data[len(data) // 2] ^= 0xFF  # same size, other bytes
         path.write_bytes(bytes(data))
         with pytest.raises(requests.exceptions.RequestException):
-            running.get("/" + record["disk"]["path"]).content
+            _ = running.get("/" + record["disk"]["path"]).content
         assert running.metrics["store_corrupt"] == 1
         assert any(r.levelno == logging.ERROR and "store corrupt" in r.getMessage() for r in caplog.records)
         # A range cannot be verified, but is still served byte-exact.
@@ -611,7 +611,7 @@ def test_proxy_drift_cuts_the_response_off(tmp_path, tls, caplog):
 
             # requests: the body ends before Content-Length
             with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-                running.get("/" + record.disk.path).content
+                _ = running.get("/" + record.disk.path).content
             assert running.metrics["proxy_drift"] == 1
             drift_logs = [r for r in caplog.records if r.levelno == logging.ERROR and "proxy drift" in r.getMessage()]
             assert drift_logs
@@ -634,7 +634,7 @@ def test_proxy_drift_cuts_the_response_off(tmp_path, tls, caplog):
 
             url = running.get("/talos/v1.12.0/amd64").headers["Incus-Image-URL"]
             with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-                running.get(url[len(running.base) :]).content
+                _ = running.get(url[len(running.base) :]).content
             assert running.metrics["proxy_drift"] == 3
             assert running.get("/healthz").json()["metrics"]["proxy_drift"] == 3
         finally:
@@ -673,18 +673,22 @@ def test_the_catalog_cannot_turn_the_server_into_an_open_proxy(server, mirror):
 def test_tls13_is_accepted_and_tls12_refused(server):
     host, port = server.host_port
     modern = ssl.create_default_context(cafile=server.cert)
-    with socket.create_connection((host, port), timeout=10) as raw:
-        with modern.wrap_socket(raw, server_hostname=host) as tls_sock:
-            assert tls_sock.version() == "TLSv1.3"
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        modern.wrap_socket(raw, server_hostname=host) as tls_sock,
+    ):
+        assert tls_sock.version() == "TLSv1.3"
 
     legacy = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     legacy.check_hostname = False
     legacy.verify_mode = ssl.CERT_NONE
     legacy.maximum_version = ssl.TLSVersion.TLSv1_2
-    with socket.create_connection((host, port), timeout=10) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionResetError)):
-            with legacy.wrap_socket(raw, server_hostname=host):
-                pass
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        pytest.raises((ssl.SSLError, ConnectionResetError)),
+        legacy.wrap_socket(raw, server_hostname=host),
+    ):
+        pass
     # requests verifies the generated certificate by its IP SAN
     assert server.get("/healthz").status_code == 200
 
