@@ -7,7 +7,9 @@ Routes (GET and HEAD only; any other method is 405 with `Allow: GET, HEAD`):
                                                          (or from the Image Factory when proxied)
     /talos/<version>[/<variant>]/<arch>                 direct URL import: Incus-Image-Hash/-URL
     /unified/<version>/<arch>/<variant>/<sha256>.tar    the unified tarball, built on the fly
-    /healthz                                            JSON status (503 when the catalog is unreadable)
+    /healthz                                            liveness: 200 while the process answers (JSON status)
+    /readyz                                             readiness: 200 while a good catalog is served
+    /metrics                                            Prometheus metrics (all workers)
     /                                                   a short text page saying how to use this
 """
 
@@ -29,6 +31,7 @@ from talos_pipeline.core.stores import Store, open_store
 
 from .guard import ALLOWED_METHODS, RequestGuard, text_response
 from .handlers import Handlers
+from .upstream import FactoryProxy
 
 log = logging.getLogger("serve")
 
@@ -42,6 +45,9 @@ def create_app(
     refresh_seconds: float = 2.0,
     retain_seconds: float = 3600.0,
     verify_reads: bool = False,
+    proxy_connections: int = 64,
+    upstream_timeout: float = 30.0,
+    upstream_first_byte_timeout: float = 600.0,
 ) -> Starlette:
     """The server over `store`.
 
@@ -53,13 +59,24 @@ def create_app(
     (TALOS_VERIFY_READS) re-hashes full-body reads from the store and cuts off any response whose
     bytes do not match. It is off by default: Incus checks every file's sha256 itself (a corrupted
     store fails `incus image copy` with "Hash mismatch"), and the extra hash costs about a third of
-    the download throughput on two cores; proxied disks are always verified.
+    the download throughput on two cores; proxied disks are always verified. Proxied downloads run
+    on their own pool of `proxy_connections` threads; a factory silent for `upstream_timeout`
+    seconds mid-body is cut off, one that takes up to `upstream_first_byte_timeout` to answer (a
+    cold build) is waited for.
     """
+    proxy = None
+    if factory_url:
+        proxy = FactoryProxy(
+            factory_url,
+            connections=proxy_connections,
+            stall_timeout=upstream_timeout,
+            first_byte_timeout=upstream_first_byte_timeout,
+        )
     server = Handlers(
         store,
         public_url=public_url,
         disk_mode=disk_mode,
-        factory_url=factory_url,
+        proxy=proxy,
         refresh_seconds=refresh_seconds,
         retain_seconds=retain_seconds,
         verify_reads=verify_reads,
@@ -68,18 +85,21 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         snapshot = await anyio.to_thread.run_sync(server.catalog.current)
+        server.record_catalog()
         if snapshot is None:
             log.warning("starting without a catalog: %s", server.catalog.error)
         try:
             yield
         finally:
             if server.proxy is not None:
-                server.proxy.session.close()
+                server.proxy.close()
 
     methods = list(ALLOWED_METHODS)
     routes = [
         Route("/", server.landing, methods=methods),
         Route("/healthz", server.healthz, methods=methods),
+        Route("/readyz", server.readyz, methods=methods),
+        Route("/metrics", server.metrics_page, methods=methods),
         Route("/streams/v1/index.json", server.index, methods=methods),
         Route("/streams/v1/images.json", server.images, methods=methods),
         Route("/talos/{rest:path}", server.direct, methods=methods),
@@ -93,11 +113,12 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestGuard, fast=server.fast_document)],
+        middleware=[Middleware(RequestGuard)],
         exception_handlers={StoreError: store_failed},
         lifespan=lifespan,
     )
     app.state.server = server
+    app.state.site = server
     app.state.store = store
     app.state.catalog = server.catalog
     app.state.metrics = server.metrics
@@ -115,4 +136,7 @@ def app_from_settings(settings: Settings | None = None) -> Starlette:
         disk_mode=settings.disk_mode,
         factory_url=settings.factory_url,
         verify_reads=settings.verify_reads,
+        proxy_connections=settings.serve_proxy_connections,
+        upstream_timeout=settings.serve_upstream_timeout,
+        upstream_first_byte_timeout=settings.serve_upstream_first_byte_timeout,
     )

@@ -1,40 +1,94 @@
 """Response bodies: byte ranges over store objects, composite bodies, verified streams.
 
-Everything here is a plain (blocking) iterator of `bytes`; Starlette runs each `next()` in a
-worker thread, so hashing and store reads never block the event loop, and only one chunk per
-response is in memory at a time.
+Every body is an async iterator of chunks of at most `CHUNK` bytes, pulled by `BodyResponse` only
+as fast as the client reads (the server pauses `send` while the connection's write buffer is
+full), so a slow reader holds one chunk and a bounded write buffer, never more.
+
+Where the bytes come from decides where the blocking I/O runs:
+
+* a directory store: the file is opened once under the store root without following symlinks out
+  of it (`open_store_file`) and read with `pread` on the event loop, as nginx reads files without
+  its thread pool (page-cache reads take microseconds);
+* any other store (S3): its blocking iterator runs on the `store_io` thread pool;
+* the Image Factory (proxy mode): on its own pool (`upstream.py`), so a stalled upstream can never
+  take the threads that the store and the catalog need.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import os
+import stat
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from starlette.responses import StreamingResponse
+import anyio
+import anyio.to_thread
 from starlette.types import Receive, Scope, Send
 
-from talos_pipeline.core.hashing import HashThread
-from talos_pipeline.core.stores import CHUNK, Store
+from talos_pipeline.core.stores import DirectoryStore, Store
 
 log = logging.getLogger("serve")
+
+CHUNK = 128 * 1024
+"""Bytes read from a source at a time: one chunk plus the write buffer is what a slow reader costs."""
 
 
 class StreamAborted(Exception):
     """Raised inside a response body on purpose, after logging why.
 
     The headers are already sent, so the only honest thing left is to drop the connection before
-    the last bytes: uvicorn closes it when the body iterator raises, and the client sees a body
-    shorter than its Content-Length (an error, never a silently wrong file).
+    the last bytes: the server closes it when the body raises, and the client sees a body shorter
+    than its Content-Length (an error, never a silently wrong file).
     """
 
 
-# --------------------------------------------------------------------------- composite bodies
+class OutsideStore(OSError):
+    """A store path that resolves (through a symlink) outside the store root."""
+
+
+@dataclass
+class StoreFile:
+    """An open regular file of a directory store (its descriptor is closed with `close`)."""
+
+    fd: int
+    size: int
+    modified: float
+    etag: str
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_store_file(store: DirectoryStore, key: str) -> StoreFile:
+    """Open `key` for reading, refusing anything that resolves outside the store root.
+
+    `FileNotFoundError` when it is missing, `OutsideStore` when a symlink leads out of the root,
+    any other `OSError` (ENOTDIR, ELOOP, EACCES, EIO) as it is: the caller answers 500.
+    """
+    path = store.path_for(key)
+    real = os.path.realpath(path)
+    root = str(store.root)
+    if not real.startswith(root + os.sep):
+        raise OutsideStore(errno.EXDEV, f"{key} resolves to {real}, outside the store root {root}")
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, f"{key} is not a regular file")
+    # the directory store's own ETag form: every write makes a new inode
+    return StoreFile(fd, st.st_size, st.st_mtime, f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"')
+
+
 class Part(Protocol):
     size: int
 
-    def read(self, start: int, end: int) -> Iterator[bytes]: ...
+    def read(self, start: int, end: int) -> AsyncIterator[bytes]: ...
 
 
 @dataclass
@@ -45,32 +99,69 @@ class BytesPart:
     def size(self) -> int:
         return len(self.data)
 
-    def read(self, start: int, end: int) -> Iterator[bytes]:
+    async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
         if end > start:
             yield self.data[start:end]
 
 
 @dataclass
+class FilePart:
+    """Bytes of an open directory-store file, read on the event loop."""
+
+    file: StoreFile
+    key: str
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
+        offset = start
+        try:
+            while offset < end:
+                chunk = os.pread(self.file.fd, min(CHUNK, end - offset), offset)
+                if not chunk:
+                    log.error("store: %s ended after %d of %d bytes (changed since it was published?)",
+                              self.key, offset - start, end - start)  # fmt: skip
+                    raise StreamAborted(f"{self.key}: short read")
+                offset += len(chunk)
+                yield chunk
+        except OSError as exc:
+            log.error("store: reading %s failed after %d of %d bytes (%s)", self.key, offset - start, end - start, exc)
+            raise StreamAborted(f"{self.key}: store read failed") from exc
+
+
+@dataclass
 class StorePart:
+    """Bytes of an object of any store, read by its blocking iterator on the `limiter`'s threads."""
+
     store: Store
     key: str
     size: int
+    limiter: anyio.CapacityLimiter
 
-    def read(self, start: int, end: int) -> Iterator[bytes]:
-        """Bytes [start, end); a failing or short read cuts the response off (`StreamAborted`)."""
+    async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
         if end <= start:
             return
+        iterator = self.store.iter_range(self.key, start, end, CHUNK)
         received = 0
         try:
-            for chunk in self.store.iter_range(self.key, start, end, CHUNK):
+            while True:
+                chunk = await anyio.to_thread.run_sync(next, iterator, None, limiter=self.limiter)
+                if chunk is None:
+                    break
                 received += len(chunk)
                 yield chunk
-        except GeneratorExit:
+        except StreamAborted:
             raise
         except Exception as exc:
             log.error("store: reading %s failed after %d of %d bytes (%s: %s)",
                       self.key, received, end - start, type(exc).__name__, exc)  # fmt: skip
             raise StreamAborted(f"{self.key}: store read failed") from exc
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                await anyio.to_thread.run_sync(close, limiter=self.limiter)
         if received != end - start:
             log.error("store: %s ended after %d of %d bytes (changed since it was published?)",
                       self.key, received, end - start)  # fmt: skip
@@ -81,16 +172,17 @@ class StorePart:
 class StreamPart:
     """Bytes that can only be read once, front to back (an upstream download)."""
 
-    chunks: Iterator[bytes]
+    chunks: AsyncIterator[bytes]
     size: int
 
-    def read(self, start: int, end: int) -> Iterator[bytes]:
+    async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
         if (start, end) != (0, self.size):
             raise ValueError("a proxied stream can only be read whole")
-        yield from self.chunks
+        async for chunk in self.chunks:
+            yield chunk
 
 
-def concatenate(parts: list[Part], start: int = 0, end: int | None = None) -> Iterator[bytes]:
+async def concatenate(parts: list[Part], start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
     """Bytes [start, end) of the concatenation of `parts`."""
     total = sum(p.size for p in parts)
     end = total if end is None else end
@@ -98,73 +190,63 @@ def concatenate(parts: list[Part], start: int = 0, end: int | None = None) -> It
     for part in parts:
         lo, hi = max(start - offset, 0), min(end - offset, part.size)
         if lo < hi:
-            yield from part.read(lo, hi)
+            async for chunk in part.read(lo, hi):
+                yield chunk
         offset += part.size
         if offset >= end:
             return
 
 
-def close_quietly(iterator: object) -> None:
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception:
-            log.debug("closing a body iterator failed", exc_info=True)
-
-
-def verified(
-    chunks: Iterable[bytes], sha256: str, size: int, on_mismatch: Callable[[int, str], None]
-) -> Iterator[bytes]:
+async def verified(
+    chunks: AsyncIterator[bytes], sha256: str, size: int, on_mismatch: Callable[[int, str], None]
+) -> AsyncIterator[bytes]:
     """Pass `chunks` through, holding back the last one until sha256 and size are checked.
 
     On a mismatch `on_mismatch(actual_size, actual_sha256)` logs and counts it, then
     `StreamAborted` is raised *before* the held-back chunk is sent: the client never receives the
     full Content-Length, so it cannot mistake the body for a complete, valid file.
     """
-    digest = HashThread(depth=2)
+    digest = hashlib.sha256()
     seen = 0
     pending = b""
-    iterator = iter(chunks)
-    finished = False
-    try:
-        for chunk in iterator:
-            if not chunk:
-                continue
-            seen += len(chunk)
-            digest.update(chunk)
-            if seen > size:
-                on_mismatch(seen, "(more bytes than the catalog says)")
-                raise StreamAborted(f"body longer than {size} bytes")
-            if pending:
-                yield pending
-            pending = chunk
-        actual = digest.finish()
-        finished = True
-        if seen != size or actual != sha256:
-            on_mismatch(seen, actual)
-            raise StreamAborted(f"body has {seen} bytes, sha256 {actual}; expected {size} bytes, sha256 {sha256}")
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        seen += len(chunk)
+        digest.update(chunk)
+        if seen > size:
+            on_mismatch(seen, "(more bytes than the catalog says)")
+            raise StreamAborted(f"body longer than {size} bytes")
         if pending:
             yield pending
-    finally:
-        if not finished:
-            digest.abandon()
-        close_quietly(iterator)
+        pending = chunk
+    actual = digest.hexdigest()
+    if seen != size or actual != sha256:
+        on_mismatch(seen, actual)
+        raise StreamAborted(f"body has {seen} bytes, sha256 {actual}; expected {size} bytes, sha256 {sha256}")
+    if pending:
+        yield pending
 
 
-class BodyResponse(StreamingResponse):
-    """A StreamingResponse over a blocking iterator that is always closed at the end.
+@dataclass
+class BodyResponse:
+    """An ASGI response whose body is an async iterator; `cleanup` runs however it ends."""
 
-    Closing runs the iterator's `finally` blocks (closing a store file or an upstream connection)
-    when the client goes away mid-body, instead of whenever the garbage collector gets to it.
-    """
-
-    def __init__(self, iterator: Iterator[bytes], status_code: int, headers: dict[str, str]) -> None:
-        self._source = iterator
-        super().__init__(iterator, status_code=status_code, headers=headers)
+    chunks: AsyncIterator[bytes]
+    status_code: int
+    headers: dict[str, str]
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": raw})
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            close_quietly(self._source)
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            for step in self.cleanup:
+                step()

@@ -13,12 +13,13 @@ import argparse
 import ipaddress
 import sys
 
-from talos_pipeline.core.errors import PipelineError
+from talos_pipeline.core.errors import ConfigError, PipelineError
 from talos_pipeline.core.settings import Settings
 
 from .app import app_from_settings
 from .handlers import check_public_url
-from .server import check_tls_files, serve_app, serve_workers
+from .server import check_tls_files, limits_from, serve_app, serve_workers
+from .tls import load_tls_context
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -50,7 +51,9 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; `args` has host, port, tls_cert, tls_key, workers (log_level optional)."""
+    """Serve until interrupted; `args` has host, port, tls_cert, tls_key, workers (log_level optional).
+
+    Bad input (flags, settings, certificate files) raises `PipelineError` before anything listens."""
     host, port = args.host, args.port
     cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
     workers = getattr(args, "workers", 1) or 1
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     check_tls_files(cert, key)
     settings = Settings.from_env()
     check_public_url(settings.public_url)
+    if cert and key:
+        load_tls_context(cert, key)
     app = app_from_settings(settings)
     if not cert and not _is_loopback(host):
         _say(
@@ -78,9 +83,17 @@ def run(args: argparse.Namespace) -> int:
         if workers > 1:
             serve_workers(host, port, cert, key, workers=workers, log_level=log_level)
         else:
-            serve_app(app, host, port, cert, key, log_level=log_level)
-    except SystemExit as exc:  # uvicorn exits on startup failures (e.g. the port is taken)
-        return exc.code if isinstance(exc.code, int) and exc.code else EXIT_FAILED
+            serve_app(
+                app,
+                host,
+                port,
+                cert,
+                key,
+                limits=limits_from(settings),
+                access_format=settings.serve_access_log,
+                tls_check_seconds=settings.serve_tls_check_seconds,
+                log_level=log_level,
+            )
     except KeyboardInterrupt:
         pass
     return 0
@@ -93,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except PipelineError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED

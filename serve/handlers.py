@@ -1,21 +1,24 @@
-"""The handlers: catalog documents, catalog files, direct URL import, unified tarballs, health.
+"""The handlers: catalog documents, catalog files, direct URL import, unified tarballs, health, metrics.
 
-`Handlers` holds what they share: the catalog holder, the counters and (optionally) the factory
-proxy. A request path reaches the store only when it is an exact key of the catalog's allow-list
-(`snapshot.py`); nothing is looked up on a filesystem, and the proxy's host is always the
-configured factory URL.
+`Handlers` holds what they share: the catalog holder, the metrics and (optionally) the factory
+proxy, and is the server's `Site` (the catalog documents answered below the framework, route
+labels). A request path reaches the store only when it is an exact key of the catalog's allow-list
+(`snapshot.py`); a directory store is read without following symlinks out of its root, and the
+proxy's host is always the configured factory URL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
-from starlette.requests import Request
+import anyio.to_thread
+import requests
+from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
-from starlette.types import Scope
 
 from talos_pipeline.core.errors import ConfigError
 from talos_pipeline.core.hashing import sha256_hex
@@ -23,23 +26,52 @@ from talos_pipeline.core.media import content_type_for
 from talos_pipeline.core.metadata import UnifiedLayout, layout_for, read_metadata_yaml
 from talos_pipeline.core.settings import DiskMode
 from talos_pipeline.core.simplestreams import CatalogImage
-from talos_pipeline.core.stores import ObjectMissing, Store
-from talos_pipeline.core.variants import ARCHES
+from talos_pipeline.core.stores import DirectoryStore, ObjectMissing, Store
 
-from .bodies import BodyResponse, BytesPart, StorePart, StreamPart, concatenate, verified
-from .guard import FastAnswer, text_response
-from .http import CATALOG_CACHE, IMMUTABLE_CACHE, NO_STORE, SIGNATURE_CACHE, Unsatisfiable, etag_matches, parse_range
-from .metrics import Metrics
+from .bodies import (
+    BodyResponse,
+    BytesPart,
+    FilePart,
+    OutsideStore,
+    Part,
+    StoreFile,
+    StorePart,
+    StreamAborted,
+    StreamPart,
+    concatenate,
+    open_store_file,
+    verified,
+)
+from .connection import FastAnswer, Request
+from .explain import explain_missing
+from .guard import HOST, host_problem, text_response
+from .http import (
+    CATALOG_CACHE,
+    IMMUTABLE_CACHE,
+    NO_STORE,
+    SIGNATURE_CACHE,
+    Unsatisfiable,
+    etag_matches,
+    http_date,
+    parse_range,
+    preconditions,
+)
+from .metrics import CONTENT_TYPE, Metrics
 from .snapshot import CatalogFile, CatalogHolder, Document, Snapshot, unified_url_path
-from .upstream import FactoryProxy, UpstreamProblem, UpstreamSizeDrift
+from .upstream import FactoryProxy, UpstreamBusy, UpstreamProblem, UpstreamSizeDrift
 
 log = logging.getLogger("serve")
 
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?$")
 _PUBLIC_URL = re.compile(r"^https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?(?:/[A-Za-z0-9._~/-]*)?$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _UNIFIED = re.compile(r"^/unified/(?P<version>[^/]+)/(?P<arch>[^/]+)/(?P<variant>[^/]+)/(?P<sha>[0-9a-f]{64})\.tar$")
-_DOCUMENTS = {"/streams/v1/index.json": "index", "/streams/v1/images.json": "images"}
+DOCUMENTS = {"/streams/v1/index.json": "index", "/streams/v1/images.json": "images"}
+_FIXED_ROUTES = {"/": "landing", "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics", **DOCUMENTS}
+_CONDITIONS = (b"if-match", b"if-unmodified-since", b"if-modified-since")
+# How long a proxied download waits for the factory before the response headers go out anyway
+# (from the catalog's size and sha256): Incus gives up after 30 s without response headers.
+PROXY_HEADER_GRACE = 2.0
+STORE_THREADS = 32
 
 
 def check_public_url(public_url: str | None) -> str | None:
@@ -56,8 +88,15 @@ class BadRequest(Exception):
     pass
 
 
+def _document_headers(doc: Document, written_at: float | None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"etag", doc.etag.encode()), (b"cache-control", CATALOG_CACHE.encode())]
+    if written_at:
+        headers.append((b"last-modified", http_date(written_at).encode()))
+    return headers
+
+
 class Handlers:
-    """The route handlers, sharing one catalog holder, metrics and (optionally) a factory proxy."""
+    """The route handlers, sharing one catalog holder, the metrics and (optionally) a factory proxy."""
 
     def __init__(
         self,
@@ -65,7 +104,7 @@ class Handlers:
         *,
         public_url: str | None,
         disk_mode: DiskMode | str,
-        factory_url: str | None,
+        proxy: FactoryProxy | None,
         refresh_seconds: float,
         retain_seconds: float,
         verify_reads: bool,
@@ -76,42 +115,97 @@ class Handlers:
         self.verify_reads = verify_reads
         self.catalog = CatalogHolder(store, refresh_seconds=refresh_seconds, retain_seconds=retain_seconds)
         self.metrics = Metrics()
-        self.proxy = FactoryProxy(factory_url) if factory_url else None
+        self.proxy = proxy
+        self.store_io = anyio.CapacityLimiter(STORE_THREADS)
         self._layouts: dict[tuple[str, int], UnifiedLayout] = {}
+
+    # ---- the server's Site hooks
+    def route(self, path: str) -> str:
+        if path.startswith("/talos/"):
+            return "direct"
+        if path.startswith("/unified/"):
+            return "unified"
+        return _FIXED_ROUTES.get(path, "file")
+
+    def fast_answer(self, request: Request) -> tuple[str, FastAnswer] | None:
+        """The catalog documents from memory, when nothing about the request needs the framework."""
+        name = DOCUMENTS.get(request.path)
+        snapshot = self.catalog.snapshot
+        if name is None or snapshot is None or self.catalog.due or request.method not in ("GET", "HEAD"):
+            return None
+        if request.raw_path != request.path.encode() or host_problem(request.version, request.hosts()):
+            return None
+        if any(name in _CONDITIONS for name, _ in request.headers):
+            return None
+        doc: Document = getattr(snapshot, name)
+        headers = doc.fast_headers
+        wanted = request.header(b"if-none-match")
+        if wanted is not None and etag_matches(wanted.decode("latin-1"), doc.etag):
+            return name, (304, headers, b"")
+        return name, (200, doc.fast_body_headers, b"" if request.method == "HEAD" else doc.body)
 
     # ---- catalog access
     async def snapshot(self) -> Snapshot | None:
-        if not self.catalog.due:
+        if not self.catalog.claim():
             return self.catalog.snapshot
-        return await anyio.to_thread.run_sync(self.catalog.current)
+        snapshot = await anyio.to_thread.run_sync(self.catalog.current)
+        self.record_catalog()
+        return snapshot
+
+    def record_catalog(self) -> None:
+        snapshot = self.catalog.snapshot
+        self.metrics.catalog(
+            products=snapshot.products if snapshot else 0,
+            written_at=snapshot.written_at if snapshot else None,
+            ready=snapshot is not None,
+            degraded=snapshot is not None and self.catalog.error is not None,
+        )
 
     def unavailable(self) -> Response:
         return text_response(503, f"the catalog is unavailable: {self.catalog.public_error or 'not loaded yet'}",
-                     {"Retry-After": "5"})  # fmt: skip
+                             {"Retry-After": "5"})  # fmt: skip
 
     # ---- responses with conditional requests and ranges
+    def _conditional(self, request: StarletteRequest, etag: str, modified: float | None, cache: str) -> Response | None:
+        status = preconditions(request.method, request.headers.get, etag, modified)
+        if status == 304:
+            headers = {"ETag": etag, "Cache-Control": cache}
+            if modified:
+                headers["Last-Modified"] = http_date(modified)
+            return Response(status_code=304, headers=headers)
+        if status == 412:
+            return text_response(412, "precondition failed: the object does not match If-Match / If-Unmodified-Since",
+                                 {"ETag": etag})  # fmt: skip
+        return None
+
     def _ranged(
         self,
-        request: Request,
+        request: StarletteRequest,
         size: int,
         headers: dict[str, str],
-        body: Callable[[int, int], Iterator[bytes]],
+        modified: float | None,
+        body: Callable[[int, int], AsyncIterator[bytes]],
         *,
-        ranges: bool = True,
         verify: tuple[str, Callable[[int, str], None]] | None = None,
+        cleanup: Callable[[], None] | None = None,
     ) -> Response:
         etag = headers["ETag"]
-        if etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": headers["Cache-Control"]})
-        span = None
-        if ranges:
+        if modified:
+            headers["Last-Modified"] = http_date(modified)
+        answered = self._conditional(request, etag, modified, headers["Cache-Control"])
+        if answered is None:
+            span = None
             if_range = request.headers.get("if-range")
             if if_range is None or if_range.strip() == etag:
                 try:
                     span = parse_range(request.headers.get("range"), size)
                 except Unsatisfiable:
-                    return text_response(416, f"range not satisfiable: the object has {size} bytes",
-                                 {"Content-Range": f"bytes */{size}", "ETag": etag})  # fmt: skip
+                    answered = text_response(416, f"range not satisfiable: the object has {size} bytes",
+                                             {"Content-Range": f"bytes */{size}", "ETag": etag})  # fmt: skip
+        if (answered is not None or request.method == "HEAD") and cleanup is not None:
+            cleanup()
+        if answered is not None:
+            return answered
         start, end = span if span is not None else (0, size)
         headers = dict(headers)
         headers["Content-Length"] = str(end - start)
@@ -121,39 +215,18 @@ class Handlers:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
-        iterator = body(start, end)
+        chunks = body(start, end)
         if span is None and verify is not None:
-            iterator = verified(iterator, verify[0], size, verify[1])
-        return BodyResponse(iterator, status, headers)
+            chunks = verified(chunks, verify[0], size, verify[1])
+        return BodyResponse(chunks, status, headers, [cleanup] if cleanup else [])
 
-    def fast_document(self, scope: Scope) -> FastAnswer | None:
-        """The catalog documents, answered below the framework: they are most of the requests.
-
-        Only when the catalog in memory is fresh; otherwise the routes below revalidate it.
-        """
-        name = _DOCUMENTS.get(scope["path"])
-        snapshot = self.catalog.snapshot
-        if name is None or snapshot is None or self.catalog.due:
-            return None
-        doc: Document = getattr(snapshot, name)
-        etag = doc.etag.encode()
-        cache = (b"cache-control", CATALOG_CACHE.encode())
-        wanted = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
-        if wanted is not None and etag_matches(wanted.decode("latin-1"), doc.etag):
-            return 304, [(b"etag", etag), cache], b""
-        headers = [
-            (b"etag", etag),
-            cache,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(doc.body)).encode()),
-        ]
-        return 200, headers, b"" if scope["method"] == "HEAD" else doc.body
-
-    @staticmethod
-    def _document(request: Request, doc: Document) -> Response:
+    def _document(self, request: StarletteRequest, doc: Document, written_at: float | None) -> Response:
         headers = {"ETag": doc.etag, "Cache-Control": CATALOG_CACHE, "Content-Type": "application/json"}
-        if etag_matches(request.headers.get("if-none-match"), doc.etag):
-            return Response(status_code=304, headers={"ETag": doc.etag, "Cache-Control": CATALOG_CACHE})
+        if written_at:
+            headers["Last-Modified"] = http_date(written_at)
+        answered = self._conditional(request, doc.etag, written_at, CATALOG_CACHE)
+        if answered is not None:
+            return answered
         if request.method == "HEAD":
             return Response(status_code=200, headers={**headers, "Content-Length": str(len(doc.body))})
         return Response(doc.body, status_code=200, headers=headers)
@@ -202,59 +275,96 @@ class Handlers:
         log.error("store corrupt: %s (%s) has %d bytes, the catalog says %d", key, image.label, size, expected)
         return text_response(500, f"/{key}: the stored object does not match the catalog; the operator has been told")
 
+    def _store_failed(self, key: str, image: CatalogImage, exc: OSError) -> Response:
+        """An object the store cannot open: out of the root (a symlink), or an OS error."""
+        if isinstance(exc, OutsideStore):
+            self.metrics.bump("store_outside_root")
+            log.error("store: %s (%s) refused: %s; the server never follows symlinks out of the store",
+                      key, image.label, exc.strerror)  # fmt: skip
+        else:
+            self.metrics.bump("os_errors")
+            log.error("store: %s (%s) cannot be opened: %s", key, image.label, exc)
+        return text_response(500, f"/{key} cannot be read from the store; the operator has been told")
+
     def _proxied(self, image: CatalogImage) -> bool:
         return image.upstream_path is not None or (self.disk_mode is DiskMode.PROXY and image.factory_path is not None)
 
-    async def _open_upstream(self, image: CatalogImage) -> tuple[str, object] | Response:
-        if self.proxy is None:
-            log.error("%s is proxied from the Image Factory but no factory URL is configured", image.label)
-            return text_response(
-                503, "this image is served from the Image Factory, but TALOS_FACTORY_URL is not configured"
-            )
-        try:
-            return await anyio.to_thread.run_sync(self.proxy.open, image.factory_path, image.disk.size)
-        except UpstreamSizeDrift as exc:
-            self._drift(image, exc.url, f"announces {exc.size} bytes")
-            return text_response(502, f"the Image Factory no longer serves the published bytes of {image.label}")
-        except UpstreamProblem as exc:
-            self.metrics.bump("proxy_upstream_errors")
-            log.error("proxy: %s: %s", image.label, exc)
-            return text_response(502, f"the Image Factory did not deliver {image.label}; try again later")
+    # ---- the store, read safely
+    async def _open(self, key: str) -> tuple[Part, float | None, str] | None:
+        """The object as a body part, its modification time and the store's ETag (None: missing).
+        Raises OSError when it cannot be opened."""
+        if isinstance(self.store, DirectoryStore):
+            if self.store.stat(key) is None:  # a local stat; the store (or a subclass) may also raise StoreError
+                return None
+            try:
+                opened: StoreFile = open_store_file(self.store, key)
+            except FileNotFoundError:
+                return None
+            return FilePart(opened, key), opened.modified, opened.etag
+        info = await anyio.to_thread.run_sync(self.store.stat, key, limiter=self.store_io)
+        if info is None:
+            return None
+        return StorePart(self.store, key, info.size, self.store_io), info.modified, info.etag
 
-    def _upstream_chunks(self, image: CatalogImage, url: str, response) -> Iterator[bytes]:
-        def on_error(received: int, exc: BaseException) -> None:
-            self.metrics.bump("proxy_upstream_errors")
-            log.error("proxy: %s: %s failed after %d of %d bytes (%s: %s)",
-                      image.label, url, received, image.disk.size, type(exc).__name__, exc)  # fmt: skip
-
-        return FactoryProxy.chunks(url, response, on_error)
+    def _read_small(self, key: str) -> bytes:
+        if isinstance(self.store, DirectoryStore):
+            try:
+                opened = open_store_file(self.store, key)
+            except FileNotFoundError:
+                raise ObjectMissing(f"{key} is not in the store at {self.store.describe()}") from None
+            try:
+                with open(opened.fd, "rb", closefd=False) as handle:
+                    return handle.read()
+            finally:
+                opened.close()
+        return self.store.read_bytes(key)
 
     # ---- routes
-    async def index(self, request: Request) -> Response:
+    async def index(self, request: StarletteRequest) -> Response:
         snapshot = await self.snapshot()
-        return self._document(request, snapshot.index) if snapshot else self.unavailable()
+        return self._document(request, snapshot.index, snapshot.written_at) if snapshot else self.unavailable()
 
-    async def images(self, request: Request) -> Response:
+    async def images(self, request: StarletteRequest) -> Response:
         snapshot = await self.snapshot()
-        return self._document(request, snapshot.images) if snapshot else self.unavailable()
+        return self._document(request, snapshot.images, snapshot.written_at) if snapshot else self.unavailable()
 
-    async def healthz(self, request: Request) -> Response:
-        snapshot = await self.snapshot()
-        body = {
-            "status": "ok" if snapshot is not None and self.catalog.error is None else "unavailable",
+    def _health(self, snapshot: Snapshot | None) -> dict[str, object]:
+        if snapshot is None:
+            status = "unavailable"
+        else:
+            status = "degraded" if self.catalog.error is not None else "ok"
+        body: dict[str, object] = {
+            "status": status,
+            "ready": snapshot is not None,
+            "degraded": status == "degraded",
             "products": snapshot.products if snapshot else 0,
             "files": len(snapshot.files) if snapshot else 0,
             "catalog_etag": snapshot.images.etag if snapshot else None,
             "index_etag": snapshot.index.etag if snapshot else None,
-            "disk_mode": self.disk_mode,
+            "disk_mode": str(self.disk_mode),
             "metrics": dict(self.metrics),
         }
         if self.catalog.error:
             body["error"] = self.catalog.public_error
-        status = 200 if body["status"] == "ok" else 503
-        return JSONResponse(body, status_code=status, headers={"Cache-Control": NO_STORE})
+        return body
 
-    async def landing(self, request: Request) -> Response:
+    async def healthz(self, request: StarletteRequest) -> Response:
+        """Liveness: 200 while this process answers; the catalog's state is in the body."""
+        body = self._health(await self.snapshot())
+        return JSONResponse(body, headers={"Cache-Control": NO_STORE})
+
+    async def readyz(self, request: StarletteRequest) -> Response:
+        """Readiness: 200 while a good catalog is served (also when the store's copy is damaged and
+        the last good one is still served: `degraded`), 503 before the first one."""
+        body = self._health(await self.snapshot())
+        return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={"Cache-Control": NO_STORE})
+
+    async def metrics_page(self, request: StarletteRequest) -> Response:
+        await self.snapshot()
+        self.record_catalog()
+        return Response(self.metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": NO_STORE})
+
+    async def landing(self, request: StarletteRequest) -> Response:
         try:
             base = self.base_url(request)
         except BadRequest:
@@ -268,7 +378,7 @@ class Handlers:
             f"Catalog: {base}/streams/v1/images.json\n",
         )
 
-    async def file(self, request: Request) -> Response:
+    async def file(self, request: StarletteRequest) -> Response:
         snapshot = await self.snapshot()
         if snapshot is None:
             return self.unavailable()
@@ -278,13 +388,20 @@ class Handlers:
             return text_response(404, f"/{key} is not in the catalog (see /streams/v1/images.json)")
         if entry.kind == "disk" and self._proxied(entry.image):
             return await self._proxied_file(request, entry)
-        info = await anyio.to_thread.run_sync(self.store.stat, key)
-        if info is None:
+        try:
+            opened = await self._open(key)
+        except OSError as exc:
+            return self._store_failed(key, entry.image, exc)
+        if opened is None:
             return self._missing(key, entry.image)
-        if entry.size is not None and info.size != entry.size:
-            return self._mismatch(key, entry.image, info.size, entry.size)
+        part, modified, store_etag = opened
+        cleanup = part.file.close if isinstance(part, FilePart) else None
+        if entry.size is not None and part.size != entry.size:
+            if cleanup:
+                cleanup()
+            return self._mismatch(key, entry.image, part.size, entry.size)
         headers = {
-            "ETag": f'"{entry.sha256}"' if entry.sha256 else info.etag,
+            "ETag": f'"{entry.sha256}"' if entry.sha256 else store_etag,
             "Cache-Control": IMMUTABLE_CACHE if entry.immutable else SIGNATURE_CACHE,
             "Content-Type": content_type_for(key),
             "Accept-Ranges": "bytes",
@@ -292,13 +409,10 @@ class Handlers:
         verify = None
         if self.verify_reads and entry.sha256:
             verify = (entry.sha256, self._corrupt(key, entry.image))
+        return self._ranged(request, part.size, headers, modified, part.read, verify=verify, cleanup=cleanup)
 
-        def body(start: int, end: int) -> Iterator[bytes]:
-            return concatenate([StorePart(self.store, key, info.size)], start, end)
-
-        return self._ranged(request, info.size, headers, body, verify=verify)
-
-    async def _proxied_file(self, request: Request, entry: CatalogFile) -> Response:
+    # ---- proxied disks
+    async def _proxied_file(self, request: StarletteRequest, entry: CatalogFile) -> Response:
         image = entry.image
         headers = {
             "ETag": f'"{image.disk.sha256}"',
@@ -309,7 +423,7 @@ class Handlers:
 
     async def _stream_proxied(
         self,
-        request: Request,
+        request: StarletteRequest,
         image: CatalogImage,
         headers: dict[str, str],
         size: int,
@@ -317,25 +431,52 @@ class Handlers:
         around: tuple[bytes, bytes] | None = None,
     ) -> Response:
         """A disk from the factory (bare, or wrapped `around` as the unified tarball): no ranges,
-        hashed as it streams and cut off before its end if it is not what the catalog says."""
+        hashed as it streams and cut off before its end if it is not what the catalog says.
+
+        The factory gets `PROXY_HEADER_GRACE` seconds to answer: a failure by then is a 502 the
+        client can retry. After that the response headers go out from the catalog (a cold build
+        can take minutes, Incus waits 30 s for headers) and a later failure cuts the body off."""
         headers["Accept-Ranges"] = "none"
-        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
-            return Response(status_code=304, headers={"ETag": headers["ETag"], "Cache-Control": IMMUTABLE_CACHE})
+        answered = self._conditional(request, headers["ETag"], None, IMMUTABLE_CACHE)
+        if answered is not None:
+            return answered
         headers["Content-Length"] = str(size)
         if request.method == "HEAD":
             return Response(status_code=200, headers=headers)
-        opened = await self._open_upstream(image)
-        if isinstance(opened, Response):
-            return opened
-        url, response = opened
+        if self.proxy is None:
+            log.error("%s is proxied from the Image Factory but no factory URL is configured", image.label)
+            return text_response(
+                503, "this image is served from the Image Factory, but TALOS_FACTORY_URL is not configured"
+            )
+        opening = _Opening(self, image)
+        with anyio.move_on_after(PROXY_HEADER_GRACE):
+            await opening.wait()
+        if opening.failure is not None:
+            return opening.failure
         prefix, suffix = around or (b"", b"")
-        disk = StreamPart(self._upstream_chunks(image, url, response), image.disk.size)
-        parts = [BytesPart(prefix), disk, BytesPart(suffix)]
-        drift = self._drift_handler(image, url, unified=around is not None)
-        return BodyResponse(verified(concatenate(parts), sha256, size, drift), 200, headers)
+        disk = StreamPart(opening.chunks(), image.disk.size)
+        parts: list[Part] = [BytesPart(prefix), disk, BytesPart(suffix)]
+        drift = self._drift_handler(image, self.proxy.base, unified=around is not None)
+        return BodyResponse(verified(concatenate(parts), sha256, size, drift), 200, headers, [opening.abandon])
+
+    def upstream_failure(self, image: CatalogImage, exc: UpstreamProblem) -> Response:
+        if isinstance(exc, UpstreamSizeDrift):
+            self._drift(image, exc.url, f"announces {exc.size} bytes")
+            return text_response(502, f"the Image Factory no longer serves the published bytes of {image.label}")
+        if isinstance(exc, UpstreamBusy):
+            self.metrics.reject("proxy_busy")
+            log.warning("proxy: %s: %s", image.label, exc)
+            return text_response(
+                503,
+                f"too many downloads from the Image Factory right now; retry {image.label} shortly",
+                {"Retry-After": "10"},
+            )
+        self.metrics.bump("proxy_upstream_errors")
+        log.error("proxy: %s: %s", image.label, exc)
+        return text_response(502, f"the Image Factory did not deliver {image.label}; try again later")
 
     # ---- direct URL import
-    def base_url(self, request: Request) -> str:
+    def base_url(self, request: StarletteRequest) -> str:
         if self.public_url:
             return self.public_url
         scheme = request.scope.get("scheme", "http")
@@ -350,11 +491,11 @@ class Handlers:
                 raise BadRequest("no Host header")
             host, port = server
             hosts = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        if not _HOST.match(hosts[0]):
+        if not HOST.match(hosts[0]):
             raise BadRequest("the Host header is not a host name or address (with an optional port)")
         return f"{scheme}://{hosts[0]}"
 
-    async def direct(self, request: Request) -> Response:
+    async def direct(self, request: StarletteRequest) -> Response:
         snapshot = await self.snapshot()
         if snapshot is None:
             return self.unavailable()
@@ -368,7 +509,7 @@ class Handlers:
         name, arch = "/".join(parts[:-1]), parts[-1]
         image = snapshot.resolve(name, arch)
         if image is None:
-            return text_response(404, self._explain_missing(snapshot, parts[:-1], arch))
+            return text_response(404, explain_missing(snapshot, parts[:-1], arch))
         try:
             base = self.base_url(request)
         except BadRequest as exc:
@@ -387,33 +528,13 @@ class Handlers:
         )
         return text_response(200, body, headers)  # for HEAD the server sends the headers only
 
-    @staticmethod
-    def _explain_missing(snapshot: Snapshot, name: list[str], arch: str) -> str:
-        arches = snapshot.arches()
-        if arch not in arches:
-            known = ", ".join(arches) or "none yet"
-            hint = f" ({arch!r} is not an architecture: use {' or '.join(ARCHES)})" if arch not in ARCHES else ""
-            return f"nothing is published for architecture {arch!r}{hint}; published architectures: {known}"
-        versions = snapshot.versions_for(arch)
-        version = name[0]
-        if (version, arch) not in {(v, a) for (v, _var, a) in snapshot.by_triple}:
-            return (
-                f"Talos {version} is not published for {arch}. Published versions for {arch} (newest first): "
-                f"{', '.join(versions)}. Also: latest, vMAJOR.MINOR (e.g. /talos/latest/{arch})"
-            )
-        variants = snapshot.variants_for(version, arch)
-        return (
-            f"variant {name[-1]!r} of Talos {version} is not published for {arch}; "
-            f"published variants: {', '.join(variants)} (e.g. /talos/{version}/{variants[0]}/{arch})"
-        )
-
     # ---- unified tarball
     def _layout(self, image: CatalogImage) -> UnifiedLayout:
         """The tar header bytes around the disk, rebuilt from the published metadata tarball."""
         cache_key = (image.metadata.sha256, image.disk.size)
         layout = self._layouts.get(cache_key)
         if layout is None:
-            tarball = self.store.read_bytes(image.metadata.path)
+            tarball = self._read_small(image.metadata.path)
             if sha256_hex(tarball) != image.metadata.sha256:
                 raise ValueError(f"{image.metadata.path} does not match its sha256 {image.metadata.sha256}")
             yaml, mtime = read_metadata_yaml(tarball)
@@ -427,7 +548,7 @@ class Handlers:
             )
         return layout
 
-    async def unified(self, request: Request) -> Response:
+    async def unified(self, request: StarletteRequest) -> Response:
         match = _UNIFIED.match(request.scope["path"])
         snapshot = await self.snapshot()
         if snapshot is None:
@@ -435,12 +556,14 @@ class Handlers:
         image = self.catalog.unified(match.group("version", "arch", "variant", "sha")) if match else None
         if image is None:
             return text_response(404, "no such unified image: it is not (or no longer) in the catalog; ask "
-                              "/talos/<version>[/<variant>]/<arch> for the current one")  # fmt: skip
+                                      "/talos/<version>[/<variant>]/<arch> for the current one")  # fmt: skip
         try:
-            layout = await anyio.to_thread.run_sync(self._layout, image)
+            layout = await anyio.to_thread.run_sync(self._layout, image, limiter=self.store_io)
         except ObjectMissing:
             return self._missing(image.metadata.path, image)
-        except Exception as exc:
+        except OSError as exc:
+            return self._store_failed(image.metadata.path, image, exc)
+        except ValueError as exc:
             self.metrics.bump("store_corrupt")
             log.error("store corrupt: unified tarball of %s: %s", image.label, exc)
             return text_response(500, f"the unified image of {image.label} cannot be built; the operator has been told")
@@ -454,13 +577,74 @@ class Handlers:
         if self._proxied(image):
             return await self._stream_proxied(request, image, headers, image.unified_size, image.unified_sha256,
                                               around=(layout.prefix, layout.suffix))  # fmt: skip
-        prefix, suffix = BytesPart(layout.prefix), BytesPart(layout.suffix)
-        info = await anyio.to_thread.run_sync(self.store.stat, image.disk.path)
-        if info is None:
+        try:
+            opened = await self._open(image.disk.path)
+        except OSError as exc:
+            return self._store_failed(image.disk.path, image, exc)
+        if opened is None:
             return self._missing(image.disk.path, image)
-        if info.size != image.disk.size:
-            return self._mismatch(image.disk.path, image, info.size, image.disk.size)
+        disk, modified, _etag = opened
+        cleanup = disk.file.close if isinstance(disk, FilePart) else None
+        if disk.size != image.disk.size:
+            if cleanup:
+                cleanup()
+            return self._mismatch(image.disk.path, image, disk.size, image.disk.size)
         headers["Accept-Ranges"] = "bytes"
-        parts = [prefix, StorePart(self.store, image.disk.path, image.disk.size), suffix]
+        parts: list[Part] = [BytesPart(layout.prefix), disk, BytesPart(layout.suffix)]
         verify = (image.unified_sha256, self._corrupt("unified tarball", image)) if self.verify_reads else None
-        return self._ranged(request, image.unified_size, headers, lambda s, e: concatenate(parts, s, e), verify=verify)
+        return self._ranged(request, image.unified_size, headers, modified,
+                            lambda s, e: concatenate(parts, s, e), verify=verify, cleanup=cleanup)  # fmt: skip
+
+
+class _Opening:
+    """A proxied download being opened in the background, so headers can go out before it answers."""
+
+    def __init__(self, handlers: Handlers, image: CatalogImage) -> None:
+        assert handlers.proxy is not None
+        self.handlers = handlers
+        self.proxy = handlers.proxy
+        self.image = image
+        self.failure: Response | None = None
+        self.done = asyncio.Event()
+        self.result: tuple[str, requests.Response] | None = None
+        self.error: UpstreamProblem | None = None
+        self.abandoned = False
+        self.task = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self) -> None:
+        try:
+            self.result = await self.proxy.open(self.image.factory_path, self.image.disk.size)
+        except UpstreamProblem as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+        if self.abandoned and self.result is not None:
+            self.result[1].close()
+
+    async def wait(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            self.failure = self.handlers.upstream_failure(self.image, self.error)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        await self.done.wait()
+        if self.error is not None:
+            self.handlers.upstream_failure(self.image, self.error)
+            raise StreamAborted(f"{self.image.label}: {self.error}")
+        assert self.result is not None
+        url, response = self.result
+        image = self.image
+
+        def on_error(received: int, exc: BaseException) -> None:
+            self.handlers.metrics.bump("proxy_upstream_errors")
+            log.error("proxy: %s: %s failed after %d of %d bytes (%s: %s)",
+                      image.label, url, received, image.disk.size, type(exc).__name__, exc)  # fmt: skip
+
+        async for chunk in self.proxy.chunks(url, response, on_error):
+            yield chunk
+
+    def abandon(self) -> None:
+        """The response is over (or never started its body): close the upstream when it answers."""
+        self.abandoned = True
+        if self.done.is_set() and self.result is not None:
+            self.result[1].close()

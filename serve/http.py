@@ -7,8 +7,10 @@ served as 206 while anything else (multi-range, malformed) gets the whole body.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import re
+from collections.abc import Callable
 
 # The catalog changes when something is published; a minute of shared caching (CDN, proxies) takes
 # the load off while bounding how stale an answer can be. Clients revalidate cheaply with the ETag.
@@ -33,6 +35,48 @@ def etag_matches(header: str | None, etag: str) -> bool:
         return True
     wanted = etag.removeprefix("W/")
     return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+
+
+def strong_match(header: str, etag: str) -> bool:
+    """If-Match: `*` or a list of entity tags; strong comparison (weak tags never match)."""
+    if header.strip() == "*":
+        return True
+    return not etag.startswith("W/") and any(tag.strip() == etag for tag in header.split(","))
+
+
+def http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def parse_http_date(value: str) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def preconditions(
+    method: str, header: Callable[[str], str | None], etag: str, last_modified: float | None
+) -> int | None:
+    """RFC 9110 §13.2.2, in its order: 412 when If-Match / If-Unmodified-Since fail, 304 when
+    If-None-Match / If-Modified-Since say the client's copy is current, else None."""
+    if_match = header("if-match")
+    if if_match is not None:
+        if not strong_match(if_match, etag):
+            return 412
+    elif (since := header("if-unmodified-since")) is not None and last_modified is not None:
+        date = parse_http_date(since)
+        if date is not None and int(last_modified) > date:
+            return 412
+    if_none_match = header("if-none-match")
+    if if_none_match is not None:
+        if etag_matches(if_none_match, etag):
+            return 304 if method in ("GET", "HEAD") else 412
+    elif (since := header("if-modified-since")) is not None and last_modified is not None:
+        date = parse_http_date(since)
+        if date is not None and method in ("GET", "HEAD") and int(last_modified) <= date:
+            return 304
+    return None
 
 
 class Unsatisfiable(Exception):

@@ -37,7 +37,7 @@ from talos_pipeline.core.simplestreams import CatalogFormatError, CatalogImage, 
 from talos_pipeline.core.stores import Store
 from talos_pipeline.core.versions import TalosVersion
 
-from .http import strong_etag
+from .http import CATALOG_CACHE, http_date, strong_etag
 
 log = logging.getLogger("serve.catalog")
 
@@ -57,10 +57,27 @@ def unified_url_path(image: CatalogImage) -> str:
 
 @dataclass(frozen=True)
 class Document:
-    """One catalog document as served: its bytes and their strong ETag."""
+    """One catalog document as served: its bytes, their strong ETag, and the raw response headers
+    the server's fast path sends (304: `fast_headers`; 200: `fast_body_headers`)."""
 
     body: bytes
     etag: str
+    written_at: float | None = None
+    fast_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    fast_body_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, body: bytes, written_at: float | None) -> Document:
+        etag = strong_etag(body)
+        headers = [(b"etag", etag.encode()), (b"cache-control", CATALOG_CACHE.encode())]
+        if written_at:
+            headers.append((b"last-modified", http_date(written_at).encode()))
+        body_headers = [
+            *headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        return cls(body, etag, written_at, headers, body_headers)
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,8 @@ class Snapshot:
     unified: dict[tuple[str, str, str, str], CatalogImage] = field(default_factory=dict)
     products: int = 0
     problems: list[str] = field(default_factory=list)
+    written_at: float | None = None
+    """When images.json was written to the store (its modification time, when the store says)."""
 
     # --- what exists, for helpful 404s
     def arches(self) -> list[str]:
@@ -119,7 +138,12 @@ class Snapshot:
                 self.files[item.signature] = CatalogFile(item.signature, "signature", image, None, None)
 
 
-def parse_catalog(index: bytes, images: bytes, store_etags: tuple[str | None, str | None] = (None, None)) -> Snapshot:
+def parse_catalog(
+    index: bytes,
+    images: bytes,
+    store_etags: tuple[str | None, str | None] = (None, None),
+    written_at: float | None = None,
+) -> Snapshot:
     """Validate both documents and derive the allow-list. Bad products are left out (and named)."""
     try:
         read_index_products(index)
@@ -127,9 +151,10 @@ def parse_catalog(index: bytes, images: bytes, store_etags: tuple[str | None, st
     except CatalogFormatError as exc:
         raise CatalogError(str(exc)) from None
     snapshot = Snapshot(
-        index=Document(index, strong_etag(index)),
-        images=Document(images, strong_etag(images)),
+        index=Document.of(index, written_at),
+        images=Document.of(images, written_at),
         store_etags=store_etags,
+        written_at=written_at,
         products=len(reading.product_keys),
         problems=list(reading.problems),
     )
@@ -169,25 +194,31 @@ class CatalogHolder:
         self.loads = 0
         self._checked = -math.inf
         self._lock = threading.Lock()
+        self._refreshing = False
         self._retired_files: dict[str, tuple[CatalogFile, float]] = {}
         self._retired_unified: dict[tuple[str, str, str, str], tuple[CatalogImage, float]] = {}
 
     @property
     def due(self) -> bool:
-        return self.clock() - self._checked >= self.refresh_seconds
+        """Time to revalidate (False while another request is already doing it)."""
+        return not self._refreshing and self.clock() - self._checked >= self.refresh_seconds
+
+    def claim(self) -> bool:
+        """Whether the caller should revalidate now (`current()` on a thread); one caller at a
+        time is told so, the others keep serving the catalog in memory meanwhile."""
+        if not self.due:
+            return False
+        self._refreshing = True
+        return True
 
     def current(self) -> Snapshot | None:
         """The catalog, revalidated if due (blocking: call it from a worker thread)."""
-        if not self.due:
-            return self.snapshot
-        # One refresher at a time; the others keep serving the catalog they have (if any).
-        if not self._lock.acquire(blocking=self.snapshot is None):
-            return self.snapshot
-        try:
-            if self.due:
-                self._refresh()
-        finally:
-            self._lock.release()
+        with self._lock:
+            try:
+                if self.clock() - self._checked >= self.refresh_seconds:
+                    self._refresh()
+            finally:
+                self._refreshing = False
         return self.snapshot
 
     def _refresh(self) -> None:
@@ -205,7 +236,7 @@ class CatalogHolder:
             # images.json first: the publisher writes it before index.json.
             images = self.store.read_bytes(IMAGES_KEY)
             index = self.store.read_bytes(INDEX_KEY)
-            snapshot = parse_catalog(index, images, etags)
+            snapshot = parse_catalog(index, images, etags, infos[1].modified)
         except Exception as exc:
             self._checked = self.clock()
             message = str(exc) if isinstance(exc, (CatalogError, StoreError)) else f"{type(exc).__name__}: {exc}"

@@ -241,16 +241,20 @@ def test_healthz_and_starting_on_an_empty_store(tmp_path, sim, server, tls):
     empty.check_ready()
     running, stop = _start(empty, tls, refresh_seconds=0.1)
     try:
+        # Liveness: the process answers. Readiness: not before a catalog is served.
         health = running.get("/healthz")
-        assert health.status_code == 503
+        assert health.status_code == 200
         assert health.json() == {**health.json(), "status": "unavailable", "error": "no catalog has been published yet"}
+        ready = running.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
         assert running.get("/streams/v1/index.json").status_code == 503
         publish_images(empty, sim, versions=("v1.12.0",), arches=("amd64",), variants=(NOCLOUD,))
         deadline = time.monotonic() + 5
-        while running.get("/healthz").status_code != 200:
+        while running.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert running.get("/healthz").json()["products"] == 1
+        assert running.get("/healthz").json()["status"] == "ok"
     finally:
         stop()
 
@@ -484,7 +488,9 @@ def test_host_header_is_validated_and_public_url_wins(server, mirror, tls):
 
     running, stop = _start(mirror.store, tls, public_url="https://images.example.com/talos/")
     try:
-        status, headers, _body = _get_raw(running, "/talos/v1.12.0/amd64", host=b"evil.example:80/x")
+        # An invalid Host is 400 everywhere (RFC 9112 §3.2); a valid other one never shapes the URL.
+        assert _get_raw(running, "/talos/v1.12.0/amd64", host=b"evil.example:80/x")[0] == 400
+        status, headers, _body = _get_raw(running, "/talos/v1.12.0/amd64", host=b"evil.example:80")
         record = mirror.record("v1.12.0", "amd64")
         assert status == 200
         assert headers["incus-image-url"] == (
@@ -550,14 +556,20 @@ def test_store_outage_is_503_and_the_catalog_keeps_being_served(mirror, tls, cap
         response = running.get("/" + record.disk.path)
         assert response.status_code == 503 and "not available" in response.text
         assert running.get("/streams/v1/images.json").status_code == 200  # last good catalog, from memory
-        health = running.get("/healthz")
-        assert health.status_code == 503
-        assert health.json()["error"] == "the catalog cannot be read from the store"
-        assert str(mirror.root) not in health.text and "bucket" not in health.text
+        # Still ready (a load balancer must not pull the replica): degraded, said in the body.
+        for path in ("/healthz", "/readyz"):
+            health = running.get(path)
+            assert health.status_code == 200, path
+            assert health.json()["status"] == "degraded" and health.json()["degraded"] is True
+            assert health.json()["error"] == "the catalog cannot be read from the store"
+            assert str(mirror.root) not in health.text and "bucket" not in health.text
+        metrics = running.get("/metrics").text
+        assert "talos_serve_catalog_degraded 1.0" in metrics and "talos_serve_ready 1.0" in metrics
         assert any("simulated outage" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
         store.broken = False
         time.sleep(0.15)
-        assert running.get("/healthz").status_code == 200
+        assert running.get("/healthz").json()["status"] == "ok"
+        assert "talos_serve_catalog_degraded 0.0" in running.get("/metrics").text
     finally:
         stop()
 

@@ -1,0 +1,634 @@
+"""One HTTP/1.1 client connection: parsing, timeouts, limits, flow control and the ASGI bridge.
+
+A `Connection` is an asyncio protocol. llhttp (through `httptools`, the parser uvicorn uses too)
+parses request heads; the connection enforces what a server on the open internet needs:
+
+* a request-head timeout from the moment the connection is accepted (TLS handshake included)
+  and for every later request head from its first byte; a keep-alive idle timeout in between;
+* a cap on the request head (`MAX_REQUEST_HEAD`, 431 however the head arrives);
+* backpressure: a response body is read from its source only while the client keeps up (the
+  transport's write buffer is bounded by `Limits.write_buffer`), and a client that stops reading
+  for `Limits.send_timeout` is disconnected;
+* admission by the `Tracker`: a per-client-address cap and a global cap that shed the oldest idle
+  or incomplete connection (one without a request being answered) instead of refusing a newcomer.
+
+Requests are answered one at a time per connection (pipelined requests wait their turn). The
+catalog documents are answered right here through the site's `fast_answer` hook; everything else
+goes to the ASGI application. Every response, the server's own refusals included, is counted in
+the metrics and written to the access log with the body bytes the kernel accepted for the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import logging
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httptools
+
+from .guard import MAX_REQUEST_HEAD, AccessLog
+from .metrics import Metrics
+
+log = logging.getLogger("serve.connections")
+
+IDLE, HEAD, BUSY = "idle", "head", "busy"
+NO_BODY_STATUS = frozenset({204, 304})
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Connection hygiene; every value is a setting (`TALOS_SERVE_*`, see `core/settings.py`)."""
+
+    head_timeout: float = 10.0
+    """Seconds for a complete request head (from accept for the first request: TLS handshake included)."""
+    idle_timeout: float = 5.0
+    """Seconds a keep-alive connection may wait for its next request."""
+    send_timeout: float = 60.0
+    """Seconds a client may leave a response unread (write buffer full) before it is disconnected."""
+    max_connections: int = 1024
+    """Connections per worker; beyond it the oldest idle or incomplete one is closed to admit the new one."""
+    max_connections_per_client: int = 256
+    """Connections per client address (0: no cap); beyond it that client's oldest idle one is closed."""
+    write_buffer: int = 64 * 1024
+    """Bytes queued per connection before the body source is paused."""
+    graceful_seconds: float = 20.0
+    """On shutdown, responses in flight get this long."""
+    pipeline_depth: int = 8
+    """Pipelined requests queued per connection before reading pauses."""
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: bytes
+    path: str
+    raw_path: bytes
+    query: bytes
+    version: str
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    received: float
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def hosts(self) -> list[bytes]:
+        return [value for key, value in self.headers if key == b"host"]
+
+
+FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""(status, headers incl. content-length, body: empty for HEAD and 304)"""
+
+
+class Site(Protocol):
+    """What the server asks of the application besides ASGI (see `handlers.Handlers`)."""
+
+    metrics: Metrics
+
+    def fast_answer(self, request: Request) -> tuple[str, FastAnswer] | None:
+        """(route, answer) for requests answered from memory without the framework, else None."""
+
+    def route(self, path: str) -> str:
+        """The metrics label of a path (a small fixed set, never the path itself)."""
+
+
+class ClientGone(OSError):
+    """The client closed the connection while its response was being sent."""
+
+
+class Tracker:
+    """Every open connection of this worker, and which of them may be shed."""
+
+    def __init__(self, limits: Limits, metrics: Metrics) -> None:
+        self.limits = limits
+        self.metrics = metrics
+        self.open: dict[Connection, None] = {}
+        self.sheddable: dict[Connection, None] = {}  # idle or partial head, oldest first
+        self.by_client: dict[str, dict[Connection, None]] = {}
+
+    def admit(self, conn: Connection) -> bool:
+        """Make room for `conn` by shedding, or refuse it (False) when everything is busy."""
+        mine = self.by_client.get(conn.client_ip, {})
+        cap = self.limits.max_connections_per_client
+        if cap and len(mine) >= cap:
+            victim = next((c for c in mine if c in self.sheddable), None)
+            if victim is None:
+                conn.refuse("client_cap", f"{cap} connections from {conn.client_ip} are all busy")
+                return False
+            victim.shed("client_cap", conn)
+        if len(self.open) >= self.limits.max_connections:
+            victim = next(iter(self.sheddable), None)
+            if victim is None:
+                conn.refuse("server_full", f"all {self.limits.max_connections} connections are busy")
+                return False
+            victim.shed("server_full", conn)
+        self.open[conn] = None
+        self.by_client.setdefault(conn.client_ip, {})[conn] = None
+        self.sheddable[conn] = None
+        return True
+
+    def busy(self, conn: Connection) -> None:
+        self.sheddable.pop(conn, None)
+
+    def idle(self, conn: Connection) -> None:
+        if conn in self.open:
+            self.sheddable.pop(conn, None)
+            self.sheddable[conn] = None  # to the end: the most recently idle is shed last
+
+    def remove(self, conn: Connection) -> None:
+        if self.open.pop(conn, 0) is None:
+            self.sheddable.pop(conn, None)
+            mine = self.by_client.get(conn.client_ip)
+            if mine is not None:
+                mine.pop(conn, None)
+                if not mine:
+                    del self.by_client[conn.client_ip]
+
+
+class Shared:
+    """What every connection of one listening server shares."""
+
+    def __init__(
+        self,
+        app: Any,
+        site: Site,
+        limits: Limits,
+        access: AccessLog,
+        *,
+        tls: bool,
+    ) -> None:
+        self.app = app
+        self.site = site
+        self.metrics = site.metrics
+        self.limits = limits
+        self.access = access
+        self.tls = tls
+        self.scheme = "https" if tls else "http"
+        self.tracker = Tracker(limits, site.metrics)
+        self.stopping = False
+        self.lifespan_state: dict[str, Any] = {}
+        self._date = b""
+        self._date_second = -1
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._date
+
+
+def _head(status: int, headers: list[tuple[bytes, bytes]], date: bytes, close: bool) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")), date]
+    lines += [name + b": " + value + b"\r\n" for name, value in headers]
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection (see the module docstring)."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.limits = shared.limits
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.client_ip = "-"
+        self.state = IDLE
+        self.fresh = True
+        self.closed = False
+        self.admitted = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.send_timer: asyncio.TimerHandle | None = None
+        self.head_bytes = 0
+        self.head_size = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.queue: deque[Request] = deque()
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.task: asyncio.Task[None] | None = None
+        self.keep_alive = True
+        self.unsent_at_loss = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A new connection (over TLS: after the handshake, which the loop bounds by `head_timeout`)."""
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client_ip = str(peer[0])
+            self.client = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        if self.shared.stopping:
+            transport.close()
+            return
+        if not self.shared.tracker.admit(self):
+            return
+        self.admitted = True
+        self.shared.metrics.connections.inc()
+        transport.set_write_buffer_limits(high=self.limits.write_buffer)  # type: ignore[attr-defined]
+        self.arm(self.limits.head_timeout, self.head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        try:
+            self.unsent_at_loss = self.buffered()
+        except (AttributeError, RuntimeError):
+            self.unsent_at_loss = 0
+        self.closed = True
+        self.disarm()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+        if self.admitted:
+            self.shared.tracker.remove(self)
+            self.shared.metrics.connections.dec()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_exception(ClientGone("the client closed the connection"))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self.connection_lost(None)
+
+    # ------------------------------------------------------------------ timers
+    def arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self.disarm()
+        self.timer = self.loop.call_later(seconds, callback)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def head_timed_out(self) -> None:
+        self.timer = None
+        self.shared.metrics.reject("head_timeout")
+        if self.state == HEAD:
+            self.reply_and_close(408, "head_timeout", "the request head did not arrive in time")
+            return
+        log.info("closed %s: no request within %g s", self.client, self.limits.head_timeout)
+        self.abort()
+
+    def idle_timed_out(self) -> None:
+        self.timer = None
+        self.close()
+
+    # ------------------------------------------------------------------ limits
+    def refuse(self, reason: str, why: str) -> None:
+        """Not admitted: 503 and closed."""
+        self.shared.metrics.reject(reason)
+        log.warning("refused %s: %s", self.client, why)
+        self.reply_and_close(503, reason, "the server is at its connection limit; try again shortly")
+
+    def shed(self, reason: str, newcomer: Connection) -> None:
+        """Closed to make room for `newcomer` (this one was idle or had no complete request)."""
+        self.shared.metrics.reject("shed")
+        log.info("shed %s (%s, %s) to admit %s", self.client, self.state, reason, newcomer.client)
+        if self.state == IDLE and not self.fresh:
+            self.close()  # a keep-alive connection between requests: a clean close the client notices
+            self.connection_lost(None)
+        else:
+            self.abort()
+
+    def reply_and_close(self, status: int, reason: str, text: str) -> None:
+        body = text.encode() + b"\n"
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        if status == 503:
+            headers.append((b"retry-after", b"5"))
+        self.disarm()
+        if self.transport is not None and not self.closed:
+            self.transport.write(_head(status, headers, self.shared.date(), close=True) + body)
+        self.shared.access.write(self.client, "-", "-", status, len(body), 0.0, f"REJECTED ({reason})")
+        self.shared.metrics.response("rejected", status, len(body), 0.0)
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.state in (IDLE, HEAD):
+            if self.state == IDLE:
+                self.state = HEAD
+                if not self.fresh:
+                    self.arm(self.limits.head_timeout, self.head_timed_out)
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.keep_alive = False
+        except httptools.HttpParserError as exc:
+            self.shared.metrics.reject("parse_error")
+            message = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
+            self.reply_and_close(400, "parse_error", f"bad request: {message}")
+            return
+        if self.state == HEAD and self.head_bytes > MAX_REQUEST_HEAD and not self.closed:
+            self.shared.metrics.reject("head_too_large")
+            self.reply_and_close(431, "head_too_large", f"request head over {MAX_REQUEST_HEAD} bytes")
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+        self.head_size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = 0
+        if self.head_size > MAX_REQUEST_HEAD:
+            self.shared.metrics.reject("head_too_large")
+            self.reply_and_close(431, "head_too_large", f"request head over {MAX_REQUEST_HEAD} bytes")
+            return
+        target = self.url
+        try:
+            parsed = httptools.parse_url(target)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        except httptools.HttpParserInvalidURLError:
+            raw_path, query = b"", b""
+        version = self.parser.get_http_version()
+        keep_alive = self.parser.should_keep_alive() and not any(
+            (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding"
+            for k, v in self.headers
+        )
+        request = Request(
+            method=self.parser.get_method().decode("ascii", "replace"),
+            target=target,
+            path=urllib.parse.unquote(raw_path.decode("latin-1")),
+            raw_path=raw_path,
+            query=query,
+            version=version,
+            headers=self.headers,
+            keep_alive=keep_alive,
+            received=time.perf_counter(),
+        )
+        if self.state == BUSY or self.queue:
+            self.queue.append(request)
+            if len(self.queue) >= self.limits.pipeline_depth:
+                self.pause_reading()
+        else:
+            self.start(request)
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ answering
+    def start(self, request: Request) -> None:
+        if self.closed:
+            return
+        self.state = BUSY
+        self.fresh = False
+        self.disarm()
+        self.shared.tracker.busy(self)
+        if not request.raw_path:
+            self.reply_and_close(400, "parse_error", "bad request: the request target is not a path")
+            return
+        fast = self.shared.site.fast_answer(request)
+        if fast is not None:
+            route, (status, headers, body) = fast
+            keep = request.keep_alive and self.keep_alive and not self.shared.stopping
+            self.write(_head(status, headers, self.shared.date(), close=not keep) + body)
+            self.finished(request, route, status, len(body), "", keep)
+        else:
+            self.task = self.loop.create_task(Exchange(self, request).run())
+
+    def finished(self, request: Request, route: str, status: int, body: int, outcome: str, keep: bool) -> None:
+        """The response is written: log it once its bytes have left, then the next request."""
+        if self.transport is not None and not self.closed and self.buffered() and body:
+            self.loop.call_later(0.05, self.finished, request, route, status, body, outcome, keep)
+            return
+        delivered = max(0, body - self.buffered()) if not self.closed else body - self.lost_bytes(body)
+        if not outcome and delivered < body:
+            outcome = "INCOMPLETE (client went away)"
+        seconds = time.perf_counter() - request.received
+        self.shared.metrics.response(route, status, delivered, seconds)
+        agent = request.header(b"user-agent")
+        self.shared.access.write(
+            self.client,
+            request.method,
+            request.target.decode("ascii", "backslashreplace"),
+            status,
+            delivered,
+            seconds,
+            outcome,
+            agent.decode("latin-1") if agent else "-",
+        )
+        if not keep or self.closed:
+            self.close()
+            return
+        self.state = IDLE
+        if self.queue:
+            self.start(self.queue.popleft())
+            self.resume_reading()
+            return
+        self.shared.tracker.idle(self)
+        self.arm(self.limits.idle_timeout, self.idle_timed_out)
+
+    def lost_bytes(self, body: int) -> int:
+        """Bytes of a response that were still queued when the connection ended (best known)."""
+        return min(body, self.unsent_at_loss)
+
+    def buffered(self) -> int:
+        """Bytes written but not yet handed to the kernel (TLS: those not yet encrypted and sent)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    # ------------------------------------------------------------------ writing, with backpressure
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self.send_timer = self.loop.call_later(self.limits.send_timeout, self.send_timed_out)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+        self.drain_waiter = None
+
+    def send_timed_out(self) -> None:
+        self.send_timer = None
+        self.shared.metrics.reject("send_timeout")
+        log.info("closed %s: it read nothing for %g s", self.client, self.limits.send_timeout)
+        self.abort()
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ClientGone("the client closed the connection")
+        if self.writing_paused:
+            if self.drain_waiter is None:
+                self.drain_waiter = self.loop.create_future()
+            await self.drain_waiter
+
+
+class Exchange:
+    """One request answered by the ASGI application."""
+
+    def __init__(self, conn: Connection, request: Request) -> None:
+        self.conn = conn
+        self.request = request
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.started = False
+        self.complete = False
+        self.chunked = False
+        self.keep = request.keep_alive and conn.keep_alive
+        self.body = 0
+        self.asked = False
+        self.head_only = request.method == "HEAD"
+
+    def scope(self) -> dict[str, Any]:
+        conn, request = self.conn, self.request
+        sock = conn.transport.get_extra_info("sockname") if conn.transport is not None else None
+        peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": request.version,
+            "server": tuple(sock[:2]) if isinstance(sock, tuple) else None,
+            "client": tuple(peer[:2]) if isinstance(peer, tuple) else None,
+            "scheme": conn.shared.scheme,
+            "method": request.method,
+            "root_path": "",
+            "path": request.path,
+            "raw_path": request.raw_path,
+            "query_string": request.query,
+            "headers": request.headers,
+            "state": dict(conn.shared.lifespan_state),
+        }
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.asked:
+            self.asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.shield(self.conn.lost)
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        if conn.closed:
+            raise ClientGone("the client closed the connection")
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("the response has already started")
+            self.status = message["status"]
+            self.headers = list(message.get("headers", ()))
+            return
+        if kind != "http.response.body" or self.complete:
+            return
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if not self.started:
+            self.start_response(more)
+        if body and not self.head_only and self.status not in NO_BODY_STATUS:
+            if self.chunked:
+                conn.write(b"%x\r\n" % len(body) + body + b"\r\n")
+            else:
+                conn.write(body)
+            self.body += len(body)
+        if not more:
+            if self.chunked:
+                conn.write(b"0\r\n\r\n")
+            self.complete = True
+        elif conn.writing_paused:
+            await conn.drain()
+
+    def start_response(self, more: bool) -> None:
+        self.started = True
+        has_length = any(name.lower() == b"content-length" for name, _ in self.headers)
+        if not has_length and more and not self.head_only and self.status not in NO_BODY_STATUS:
+            if self.request.version == "1.1":
+                self.chunked = True
+                self.headers.append((b"transfer-encoding", b"chunked"))
+            else:
+                self.keep = False
+        close = not self.keep or self.conn.shared.stopping
+        self.keep = not close
+        self.conn.write(_head(self.status, self.headers, self.conn.shared.date(), close))
+
+    async def run(self) -> None:
+        conn = self.conn
+        outcome = ""
+        try:
+            await conn.shared.app(self.scope(), self.receive, self.send)
+            if not self.complete:
+                outcome = "ABORTED (the application did not finish the response)"
+        except ClientGone:
+            outcome = "INCOMPLETE (client went away)"
+        except Exception as exc:
+            if not self.started:
+                self.failed(exc)
+                return
+            outcome = f"ABORTED ({type(exc).__name__})"
+            if type(exc).__name__ != "StreamAborted":
+                log.error("%s %s: the response failed after it started: %s: %s",
+                          self.request.method, self.request.path, type(exc).__name__, exc)  # fmt: skip
+        route = conn.shared.site.route(self.request.path)
+        keep = self.keep and self.complete and not outcome
+        conn.finished(self.request, route, self.status or 500, self.body, outcome, keep)
+        if outcome:
+            conn.close()
+
+    def failed(self, exc: Exception) -> None:
+        """The application raised before answering: 500, one log line, counted."""
+        conn = self.conn
+        conn.shared.metrics.bump("unexpected")
+        log.error("%s %s from %s failed: %s: %s", self.request.method, self.request.path, conn.client,
+                  type(exc).__name__, exc)  # fmt: skip
+        body = b"the server could not answer this request; the operator has been told\n"
+        self.status = 500
+        self.headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        self.start_response(False)
+        if not self.head_only:
+            conn.write(body)
+            self.body = len(body)
+        self.complete = True
+        conn.finished(self.request, conn.shared.site.route(self.request.path), 500, self.body, "", self.keep)
