@@ -557,6 +557,8 @@ class Exchange:
                 raise RuntimeError("the response has already started")
             self.status = message["status"]
             self.headers = list(message.get("headers", ()))
+            if self.head_only or any(name.lower() == b"content-length" for name, _ in self.headers):
+                self.start_response(more=False)  # the head goes out now, before the first body byte
             return
         if kind != "http.response.body" or self.complete:
             return

@@ -273,6 +273,7 @@ def serve_app(
     if configure_logging:
         logging.config.dictConfig(logging_config(log_level, access_format))
     sock = bind(host, port)
+    log.info("listening on %s://%s:%d", "https" if certificates else "http", _url_host(host), sock.getsockname()[1])
     server = HttpServer(
         app,
         limits=limits,
@@ -310,6 +311,7 @@ def serve_workers(
         CertificateFiles(cert, key)  # fail before any worker starts, with the file and the reason
     logging.config.dictConfig(logging_config(log_level))
     sock = bind(host, port)
+    log.info("listening on %s://%s:%d", "https" if cert else "http", _url_host(host), sock.getsockname()[1])
     metrics_dir = tempfile.mkdtemp(prefix="talos-serve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     spawn = multiprocessing.get_context("spawn")
