@@ -24,6 +24,7 @@ import asyncio
 import email.utils
 import http
 import logging
+import math
 import time
 import urllib.parse
 from collections import deque
@@ -138,6 +139,12 @@ class Tracker:
         self.sheddable[conn] = None
         return True
 
+    def sweep(self) -> None:
+        """Fire the deadlines that have passed (the server calls this a few times a second)."""
+        now = time.monotonic()
+        for conn in list(self.open):
+            conn.check_deadlines(now)
+
     def busy(self, conn: Connection) -> None:
         self.sheddable.pop(conn, None)
 
@@ -213,8 +220,9 @@ class Connection(asyncio.Protocol):
         self.fresh = True
         self.closed = False
         self.admitted = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.send_timer: asyncio.TimerHandle | None = None
+        self.deadline = math.inf  # when `on_deadline` runs (checked by `Tracker.sweep`)
+        self.on_deadline: Callable[[], None] | None = None
+        self.send_deadline = math.inf
         self.head_bytes = 0
         self.head_size = 0
         self.url = b""
@@ -255,8 +263,7 @@ class Connection(asyncio.Protocol):
             self.unsent_at_loss = 0
         self.closed = True
         self.disarm()
-        if self.send_timer is not None:
-            self.send_timer.cancel()
+        self.send_deadline = math.inf
         if self.admitted:
             self.shared.tracker.remove(self)
             self.shared.metrics.connections.dec()
@@ -276,16 +283,24 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ timers
     def arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self.disarm()
-        self.timer = self.loop.call_later(seconds, callback)
+        """Run `callback` in `seconds` (to the sweep's second) unless disarmed or re-armed first;
+        a deadline instead of a loop timer per request keeps keep-alive requests cheap."""
+        self.deadline = time.monotonic() + seconds
+        self.on_deadline = callback
 
     def disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = math.inf
+        self.on_deadline = None
+
+    def check_deadlines(self, now: float) -> None:
+        if now >= self.deadline and self.on_deadline is not None:
+            callback, self.on_deadline, self.deadline = self.on_deadline, None, math.inf
+            callback()
+        elif now >= self.send_deadline and not self.closed:
+            self.send_deadline = math.inf
+            self.send_timed_out()
 
     def head_timed_out(self) -> None:
-        self.timer = None
         self.shared.metrics.reject("head_timeout")
         if self.state == HEAD:
             self.reply_and_close(408, "head_timeout", "the request head did not arrive in time")
@@ -294,7 +309,6 @@ class Connection(asyncio.Protocol):
         self.abort()
 
     def idle_timed_out(self) -> None:
-        self.timer = None
         self.close()
 
     # ------------------------------------------------------------------ limits
@@ -478,19 +492,16 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        self.send_timer = self.loop.call_later(self.limits.send_timeout, self.send_timed_out)
+        self.send_deadline = time.monotonic() + self.limits.send_timeout
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.send_timer is not None:
-            self.send_timer.cancel()
-            self.send_timer = None
+        self.send_deadline = math.inf
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_result(None)
         self.drain_waiter = None
 
     def send_timed_out(self) -> None:
-        self.send_timer = None
         self.shared.metrics.reject("send_timeout")
         log.info("closed %s: it read nothing for %g s", self.client, self.limits.send_timeout)
         self.abort()

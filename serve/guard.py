@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+from typing import TextIO
 
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -89,17 +90,32 @@ class RequestGuard:
 
 
 class AccessLog:
-    """One line per response on the `serve.access` logger, plain or JSON (`TALOS_SERVE_ACCESS_LOG`).
+    """One line per response, plain or JSON (`TALOS_SERVE_ACCESS_LOG`).
 
     Plain: `client method target status bytesB msms[ outcome] "user agent"`. `bytes` counts body
     bytes handed to the kernel for the client, not bytes merely queued in the server; `outcome`
     is `ABORTED (...)` when the server cut the body off, `INCOMPLETE (...)` when the client left
     before the end, `REJECTED (...)` for the server's own refusals.
+
+    Lines go to the `serve.access` logger, or, when `stream` is given (the command), straight to
+    that stream in the same format, buffered and written by `flush()` (the server calls it every
+    quarter second): a logging record per request would cost as much as answering the request.
     """
 
-    def __init__(self, form: str = "plain") -> None:
+    def __init__(self, form: str = "plain", stream: TextIO | None = None) -> None:
         self.json = form == "json"
         self.enabled = form != "off"
+        self.stream = stream
+        self.pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def _prefix(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int(now * 1000) % 1000:03d} INFO serve.access: "
 
     def write(
         self,
@@ -112,11 +128,14 @@ class AccessLog:
         outcome: str = "",
         agent: str = "-",
     ) -> None:
-        if not self.enabled or not access_log.isEnabledFor(logging.INFO):
+        if not self.enabled:
             return
+        if self.stream is None and not access_log.isEnabledFor(logging.INFO):
+            return
+        now = time.time()
         if self.json:
             entry = {
-                "time": time.time(),
+                "time": round(now, 3),
                 "client": client,
                 "method": method,
                 "target": target[:512],
@@ -126,10 +145,22 @@ class AccessLog:
                 "outcome": outcome,
                 "agent": agent,
             }
-            access_log.info(json.dumps(entry, separators=(",", ":")))
+            line = json.dumps(entry, separators=(",", ":"))
         else:
-            access_log.info(
-                '%s %s %s %d %dB %.1fms%s "%s"',
-                client, method, target[:512], status, delivered, seconds * 1000,
-                f" {outcome}" if outcome else "", agent.replace('"', "'")[:200],
-            )  # fmt: skip
+            agent = agent.replace('"', "'")[:200]
+            line = (
+                f"{client} {method} {target[:512]} {status} {delivered}B {seconds * 1000:.1f}ms"
+                f'{" " + outcome if outcome else ""} "{agent}"'
+            )
+        if self.stream is None:
+            access_log.info(line)
+        else:
+            self.pending.append(line if self.json else self._prefix(now) + line)
+            if len(self.pending) >= 512:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.pending and self.stream is not None:
+            lines, self.pending = self.pending, []
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()

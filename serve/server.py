@@ -29,6 +29,7 @@ import resource
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -54,6 +55,7 @@ except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps oth
 log = logging.getLogger("serve")
 
 BACKLOG = 2048
+ACCESS_LOG_FLUSH_SECONDS = 0.25
 WORKER_RESTART_SECONDS = 1.0
 
 
@@ -187,6 +189,7 @@ class HttpServer:
         self.lifespan = _Lifespan(app, self.shared.lifespan_state)
         self.server: asyncio.AbstractServer | None = None
         self.watcher: asyncio.Task[None] | None = None
+        self.flusher: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 
     async def start(self, sock: socket.socket) -> None:
@@ -201,7 +204,15 @@ class HttpServer:
         )
         if self.certificates is not None:
             self.watcher = loop.create_task(self._watch_certificates())
+        self.flusher = loop.create_task(self._flush_access_log())
         self.started.set()
+
+    async def _flush_access_log(self) -> None:
+        """Four times a second: write the buffered access log, fire connection deadlines."""
+        while True:
+            await asyncio.sleep(ACCESS_LOG_FLUSH_SECONDS)
+            self.shared.access.flush()
+            self.shared.tracker.sweep()
 
     async def _watch_certificates(self) -> None:
         assert self.certificates is not None
@@ -216,8 +227,9 @@ class HttpServer:
     async def stop(self) -> None:
         """Stop accepting; let responses in flight finish (up to `graceful_seconds`); close the rest."""
         self.shared.stopping = True
-        if self.watcher is not None:
-            self.watcher.cancel()
+        for task in (self.watcher, self.flusher):
+            if task is not None:
+                task.cancel()
         if self.server is not None:
             self.server.close()
         tracker = self.shared.tracker
@@ -230,6 +242,7 @@ class HttpServer:
             await asyncio.sleep(0.05)
         for conn in list(tracker.open):
             conn.abort()
+        self.shared.access.flush()
         await self.lifespan.shutdown()
 
 
@@ -277,7 +290,7 @@ def serve_app(
     server = HttpServer(
         app,
         limits=limits,
-        access=AccessLog(access_format),
+        access=AccessLog(access_format, sys.stderr),
         certificates=certificates,
         tls_check_seconds=tls_check_seconds,
     )
@@ -295,7 +308,7 @@ def _worker(sock: socket.socket, cert: str | None, key: str | None, log_level: s
     server = HttpServer(
         app_from_settings(settings),
         limits=limits_from(settings),
-        access=AccessLog(settings.serve_access_log),
+        access=AccessLog(settings.serve_access_log, sys.stderr),
         certificates=CertificateFiles(cert, key) if cert and key else None,
         tls_check_seconds=settings.serve_tls_check_seconds,
     )
