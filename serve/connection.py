@@ -41,6 +41,7 @@ log = logging.getLogger("serve.connections")
 
 IDLE, HEAD, BUSY = "idle", "head", "busy"
 NO_BODY_STATUS = frozenset({204, 304})
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
@@ -88,8 +89,8 @@ class Request:
         return [value for key, value in self.headers if key == b"host"]
 
 
-FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
-"""(status, headers incl. content-length, body: empty for HEAD and 304)"""
+FastAnswer = tuple[int, bytes, bytes]
+"""(status, header lines `name: value\r\n` incl. content-length, body: empty for HEAD and 304)"""
 
 
 class Site(Protocol):
@@ -196,13 +197,15 @@ class Shared:
         return self._date
 
 
-def _head(status: int, headers: list[tuple[bytes, bytes]], date: bytes, close: bool) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")), date]
-    lines += [name + b": " + value + b"\r\n" for name, value in headers]
-    if close:
-        lines.append(b"connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in _REASONS.items()}
+
+
+def _head(status: int, headers: list[tuple[bytes, bytes]] | bytes, date: bytes, close: bool) -> bytes:
+    """The response head; `headers` as pairs or as pre-joined lines (the fast path's)."""
+    if not isinstance(headers, bytes):
+        headers = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+    return status_line + date + headers + (b"connection: close\r\n\r\n" if close else b"\r\n")
 
 
 class Connection(asyncio.Protocol):
@@ -225,6 +228,7 @@ class Connection(asyncio.Protocol):
         self.send_deadline = math.inf
         self.head_bytes = 0
         self.head_size = 0
+        self.has_body = False
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.queue: deque[Request] = deque()
@@ -371,14 +375,18 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_size = 0
+        self.has_body = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
         self.head_size += len(name) + len(value) + 4
+        if name in _BODY_HEADERS and (name == b"transfer-encoding" or value.strip() not in (b"", b"0")):
+            self.has_body = True
 
     def on_headers_complete(self) -> None:
         self.head_bytes = 0
@@ -387,25 +395,24 @@ class Connection(asyncio.Protocol):
             self.reply_and_close(431, "head_too_large", f"request head over {MAX_REQUEST_HEAD} bytes")
             return
         target = self.url
-        try:
-            parsed = httptools.parse_url(target)
-            raw_path, query = parsed.path or b"/", parsed.query or b""
-        except httptools.HttpParserInvalidURLError:
-            raw_path, query = b"", b""
-        version = self.parser.get_http_version()
-        keep_alive = self.parser.should_keep_alive() and not any(
-            (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding"
-            for k, v in self.headers
-        )
+        if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+            raw_path, query = target, b""  # the usual origin-form target, without parsing it again
+        else:
+            try:
+                parsed = httptools.parse_url(target)
+                raw_path, query = parsed.path or b"/", parsed.query or b""
+            except httptools.HttpParserInvalidURLError:
+                raw_path, query = b"", b""
+        path = raw_path.decode("latin-1")
         request = Request(
             method=self.parser.get_method().decode("ascii", "replace"),
             target=target,
-            path=urllib.parse.unquote(raw_path.decode("latin-1")),
+            path=urllib.parse.unquote(path) if "%" in path else path,
             raw_path=raw_path,
             query=query,
-            version=version,
+            version=self.parser.get_http_version(),
             headers=self.headers,
-            keep_alive=keep_alive,
+            keep_alive=self.parser.should_keep_alive() and not self.has_body,
             received=time.perf_counter(),
         )
         if self.state == BUSY or self.queue:

@@ -212,6 +212,7 @@ class HttpServer:
         while True:
             await asyncio.sleep(ACCESS_LOG_FLUSH_SECONDS)
             self.shared.access.flush()
+            self.shared.metrics.flush()
             self.shared.tracker.sweep()
 
     async def _watch_certificates(self) -> None:

@@ -50,6 +50,10 @@ class CatalogMissing(CatalogError):
     """Nothing has been published into the store yet."""
 
 
+def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+
+
 def unified_url_path(image: CatalogImage) -> str:
     """Where this server streams the image's unified tarball (its name is the tarball's sha256)."""
     return f"/unified/{image.version}/{image.arch}/{image.variant}/{image.unified_sha256}.tar"
@@ -63,8 +67,8 @@ class Document:
     body: bytes
     etag: str
     written_at: float | None = None
-    fast_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    fast_body_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    fast_headers: bytes = b""
+    fast_body_headers: bytes = b""
 
     @classmethod
     def of(cls, body: bytes, written_at: float | None) -> Document:
@@ -77,7 +81,7 @@ class Document:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        return cls(body, etag, written_at, headers, body_headers)
+        return cls(body, etag, written_at, header_lines(headers), header_lines(body_headers))
 
 
 @dataclass(frozen=True)

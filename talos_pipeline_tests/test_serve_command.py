@@ -486,6 +486,7 @@ def test_metrics_add_up_across_workers(store, serve):
     running = serve(store.root, args=("--workers", "2"))
     for _ in range(40):
         assert running.get("/streams/v1/index.json").status_code == 200
+    time.sleep(0.6)  # each worker adds its counts to the shared metrics four times a second
     totals = {running.metric("talos_serve_requests_total", route="index", status="200") for _ in range(10)}
     assert totals == {40.0}, totals  # every scrape, whichever worker answers it, counts both workers
     text = running.get("/metrics").text
