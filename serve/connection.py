@@ -42,6 +42,7 @@ log = logging.getLogger("serve.connections")
 IDLE, HEAD, BUSY = "idle", "head", "busy"
 NO_BODY_STATUS = frozenset({204, 304})
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+_CONDITIONS = frozenset({b"if-match", b"if-unmodified-since", b"if-modified-since"})
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
@@ -78,15 +79,17 @@ class Request:
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
     received: float
+    hosts: list[bytes]
+    agent: bytes
+    if_none_match: bytes | None
+    conditional: bool
+    """If-Match, If-Unmodified-Since or If-Modified-Since is present."""
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
             if key == name:
                 return value
         return None
-
-    def hosts(self) -> list[bytes]:
-        return [value for key, value in self.headers if key == b"host"]
 
 
 FastAnswer = tuple[int, bytes, bytes]
@@ -344,7 +347,7 @@ class Connection(asyncio.Protocol):
         self.disarm()
         if self.transport is not None and not self.closed:
             self.transport.write(_head(status, headers, self.shared.date(), close=True) + body)
-        self.shared.access.write(self.client, "-", "-", status, len(body), 0.0, f"REJECTED ({reason})")
+        self.shared.access.write(self.client, "-", b"-", status, len(body), 0.0, f"REJECTED ({reason})")
         self.shared.metrics.response("rejected", status, len(body), 0.0)
         self.close()
 
@@ -376,6 +379,10 @@ class Connection(asyncio.Protocol):
         self.headers = []
         self.head_size = 0
         self.has_body = False
+        self.hosts: list[bytes] = []
+        self.agent = b"-"
+        self.if_none_match: bytes | None = None
+        self.conditional = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -385,7 +392,15 @@ class Connection(asyncio.Protocol):
         name = name.lower()
         self.headers.append((name, value))
         self.head_size += len(name) + len(value) + 4
-        if name in _BODY_HEADERS and (name == b"transfer-encoding" or value.strip() not in (b"", b"0")):
+        if name == b"host":
+            self.hosts.append(value)
+        elif name == b"user-agent":
+            self.agent = value
+        elif name == b"if-none-match":
+            self.if_none_match = value
+        elif name in _CONDITIONS:
+            self.conditional = True
+        elif name in _BODY_HEADERS and (name == b"transfer-encoding" or value.strip() not in (b"", b"0")):
             self.has_body = True
 
     def on_headers_complete(self) -> None:
@@ -413,6 +428,10 @@ class Connection(asyncio.Protocol):
             version=self.parser.get_http_version(),
             headers=self.headers,
             keep_alive=self.parser.should_keep_alive() and not self.has_body,
+            hosts=self.hosts,
+            agent=self.agent,
+            if_none_match=self.if_none_match,
+            conditional=self.conditional,
             received=time.perf_counter(),
         )
         if self.state == BUSY or self.queue:
@@ -448,30 +467,29 @@ class Connection(asyncio.Protocol):
             route, (status, headers, body) = fast
             keep = request.keep_alive and self.keep_alive and not self.shared.stopping
             self.write(_head(status, headers, self.shared.date(), close=not keep) + body)
-            self.finished(request, route, status, len(body), "", keep)
+            self.finished(request, route, status, len(body), "", keep, timed=False)
         else:
             self.task = self.loop.create_task(Exchange(self, request).run())
 
-    def finished(self, request: Request, route: str, status: int, body: int, outcome: str, keep: bool) -> None:
-        """The response is written: log it once its bytes have left, then the next request."""
-        if self.transport is not None and not self.closed and self.buffered() and body:
-            self.loop.call_later(0.05, self.finished, request, route, status, body, outcome, keep)
-            return
-        delivered = max(0, body - self.buffered()) if not self.closed else body - self.lost_bytes(body)
+    def finished(
+        self, request: Request, route: str, status: int, body: int, outcome: str, keep: bool, timed: bool = True
+    ) -> None:
+        """The response is written: log it once its bytes have left, then the next request.
+        `timed=False`: answered from memory within this call (not observed in the duration histogram)."""
+        if self.closed:
+            delivered = body - self.lost_bytes(body)
+        else:
+            queued = self.transport.get_write_buffer_size() if self.transport is not None else 0
+            if queued and body:
+                self.loop.call_later(0.05, self.finished, request, route, status, body, outcome, keep, timed)
+                return
+            delivered = body
         if not outcome and delivered < body:
             outcome = "INCOMPLETE (client went away)"
         seconds = time.perf_counter() - request.received
-        self.shared.metrics.response(route, status, delivered, seconds)
-        agent = request.header(b"user-agent")
+        self.shared.metrics.response(route, status, delivered, seconds if timed else None)
         self.shared.access.write(
-            self.client,
-            request.method,
-            request.target.decode("ascii", "backslashreplace"),
-            status,
-            delivered,
-            seconds,
-            outcome,
-            agent.decode("latin-1") if agent else "-",
+            self.client, request.method, request.target, status, delivered, seconds, outcome, request.agent
         )
         if not keep or self.closed:
             self.close()

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from typing import TextIO
+from typing import BinaryIO
 
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -102,65 +102,75 @@ class AccessLog:
     quarter second): a logging record per request would cost as much as answering the request.
     """
 
-    def __init__(self, form: str = "plain", stream: TextIO | None = None) -> None:
+    def __init__(self, form: str = "plain", stream: BinaryIO | None = None) -> None:
         self.json = form == "json"
         self.enabled = form != "off"
         self.stream = stream
-        self.pending: list[str] = []
+        self.pending: list[bytes] = []
         self._second = -1
-        self._stamp = ""
+        self._stamp = b""
 
-    def _prefix(self, now: float) -> str:
+    def _prefix(self, now: float) -> bytes:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int(now * 1000) % 1000:03d} INFO serve.access: "
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)).encode()
+        return b"%s,%03d INFO serve.access: " % (self._stamp, int(now * 1000) % 1000)
 
     def write(
         self,
         client: str,
         method: str,
-        target: str,
+        target: bytes,
         status: int,
         delivered: int,
         seconds: float,
         outcome: str = "",
-        agent: str = "-",
+        agent: bytes = b"-",
     ) -> None:
+        """`target` and `agent` as the client sent them (bytes: they are written without decoding)."""
         if not self.enabled:
+            return
+        if self.stream is not None and not self.json:
+            now = time.time()
+            self.pending.append(
+                b'%s%s %s %s %d %dB %.1fms%s "%s"\n' % (
+                    self._prefix(now), client.encode(), method.encode(), target[:512], status, delivered,
+                    seconds * 1000, b" " + outcome.encode() if outcome else b"", agent.replace(b'"', b"'")[:200],
+                )
+            )  # fmt: skip
+            if len(self.pending) >= 512:
+                self.flush()
             return
         if self.stream is None and not access_log.isEnabledFor(logging.INFO):
             return
-        now = time.time()
+        text_target = target.decode("ascii", "backslashreplace")
+        text_agent = agent.decode("latin-1")
         if self.json:
             entry = {
-                "time": round(now, 3),
+                "time": round(time.time(), 3),
                 "client": client,
                 "method": method,
-                "target": target[:512],
+                "target": text_target[:512],
                 "status": status,
                 "bytes": delivered,
                 "ms": round(seconds * 1000, 1),
                 "outcome": outcome,
-                "agent": agent,
+                "agent": text_agent,
             }
             line = json.dumps(entry, separators=(",", ":"))
         else:
-            agent = agent.replace('"', "'")[:200]
-            line = (
-                f"{client} {method} {target[:512]} {status} {delivered}B {seconds * 1000:.1f}ms"
-                f'{" " + outcome if outcome else ""} "{agent}"'
-            )
+            line = '%s %s %s %d %dB %.1fms%s "%s"' % (  # noqa: UP031
+                client, method, text_target[:512], status, delivered, seconds * 1000,
+                " " + outcome if outcome else "", text_agent.replace('"', "'")[:200],
+            )  # fmt: skip
         if self.stream is None:
             access_log.info(line)
         else:
-            self.pending.append(line if self.json else self._prefix(now) + line)
-            if len(self.pending) >= 512:
-                self.flush()
+            self.pending.append(line.encode() + b"\n")
 
     def flush(self) -> None:
         if self.pending and self.stream is not None:
             lines, self.pending = self.pending, []
-            self.stream.write("\n".join(lines) + "\n")
+            self.stream.write(b"".join(lines))
             self.stream.flush()

@@ -67,7 +67,7 @@ _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _UNIFIED = re.compile(r"^/unified/(?P<version>[^/]+)/(?P<arch>[^/]+)/(?P<variant>[^/]+)/(?P<sha>[0-9a-f]{64})\.tar$")
 DOCUMENTS = {"/streams/v1/index.json": "index", "/streams/v1/images.json": "images"}
 _FIXED_ROUTES = {"/": "landing", "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics", **DOCUMENTS}
-_CONDITIONS = (b"if-match", b"if-unmodified-since", b"if-modified-since")
+_RAW_DOCUMENTS = {path.encode(): name for path, name in DOCUMENTS.items()}
 # How long a proxied download waits for the factory before the response headers go out anyway
 # (from the catalog's size and sha256): Incus gives up after 30 s without response headers.
 PROXY_HEADER_GRACE = 2.0
@@ -118,6 +118,7 @@ class Handlers:
         self.proxy = proxy
         self.store_io = anyio.CapacityLimiter(STORE_THREADS)
         self._layouts: dict[tuple[str, int], UnifiedLayout] = {}
+        self._good_hosts: set[bytes] = set()
 
     # ---- the server's Site hooks
     def route(self, path: str) -> str:
@@ -129,20 +130,30 @@ class Handlers:
 
     def fast_answer(self, request: Request) -> tuple[str, FastAnswer] | None:
         """The catalog documents from memory, when nothing about the request needs the framework."""
-        name = DOCUMENTS.get(request.path)
+        name = _RAW_DOCUMENTS.get(request.raw_path)
         snapshot = self.catalog.snapshot
-        if name is None or snapshot is None or self.catalog.due or request.method not in ("GET", "HEAD"):
+        if name is None or snapshot is None or request.conditional or request.method not in ("GET", "HEAD"):
             return None
-        if request.raw_path != request.path.encode() or host_problem(request.version, request.hosts()):
-            return None
-        if any(name in _CONDITIONS for name, _ in request.headers):
+        if self.catalog.due or not self._good_host(request):
             return None
         doc: Document = getattr(snapshot, name)
-        headers = doc.fast_headers
-        wanted = request.header(b"if-none-match")
+        wanted = request.if_none_match
         if wanted is not None and etag_matches(wanted.decode("latin-1"), doc.etag):
-            return name, (304, headers, b"")
+            return name, (304, doc.fast_headers, b"")
         return name, (200, doc.fast_body_headers, b"" if request.method == "HEAD" else doc.body)
+
+    def _good_host(self, request: Request) -> bool:
+        """`host_problem` is None, remembered for the few Host values a server sees."""
+        if len(request.hosts) != 1:
+            return host_problem(request.version, request.hosts) is None
+        host = request.hosts[0]
+        if host in self._good_hosts:
+            return True
+        if host_problem(request.version, request.hosts) is not None:
+            return False
+        if len(self._good_hosts) < 64:
+            self._good_hosts.add(host)
+        return True
 
     # ---- catalog access
     async def snapshot(self) -> Snapshot | None:

@@ -55,7 +55,8 @@ class Metrics(Mapping[str, int]):
         )
         self.duration = Histogram(
             "talos_serve_response_seconds",
-            "from the end of the request head to the last byte of the response",
+            "from the end of the request head to the last byte of the response (responses of the application: "
+            "catalog documents answered from memory by the server take microseconds and are not timed)",
             ("route",),
             buckets=BUCKETS,
             registry=r,
@@ -115,12 +116,15 @@ class Metrics(Mapping[str, int]):
     def reject(self, reason: str) -> None:
         self._rejection_children[reason].inc()
 
-    def response(self, route: str, status: int, delivered: int, seconds: float) -> None:
-        """One response: its duration now; its count and bytes added up until `flush()`."""
+    def response(self, route: str, status: int, delivered: int, seconds: float | None) -> None:
+        """One response: its duration now (None: answered from memory by the server, in
+        microseconds, not timed); its count and bytes added up until `flush()`."""
         key = (route, status)
         self._counts[key] = self._counts.get(key, 0) + 1
         if delivered:
             self._bytes[route] = self._bytes.get(route, 0) + delivered
+        if seconds is None:
+            return
         histogram = self._durations.get(route)
         if histogram is None:
             histogram = self._durations[route] = self.duration.labels(route)

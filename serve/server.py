@@ -291,7 +291,7 @@ def serve_app(
     server = HttpServer(
         app,
         limits=limits,
-        access=AccessLog(access_format, sys.stderr),
+        access=AccessLog(access_format, sys.stderr.buffer),
         certificates=certificates,
         tls_check_seconds=tls_check_seconds,
     )
@@ -309,7 +309,7 @@ def _worker(sock: socket.socket, cert: str | None, key: str | None, log_level: s
     server = HttpServer(
         app_from_settings(settings),
         limits=limits_from(settings),
-        access=AccessLog(settings.serve_access_log, sys.stderr),
+        access=AccessLog(settings.serve_access_log, sys.stderr.buffer),
         certificates=CertificateFiles(cert, key) if cert and key else None,
         tls_check_seconds=settings.serve_tls_check_seconds,
     )
