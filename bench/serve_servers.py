@@ -129,7 +129,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="wrk rounds (median) [1]")
     parser.add_argument("--output", help="also append the table to this file")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     from talos_pipeline.simulator import UpstreamSimulator
 

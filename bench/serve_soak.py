@@ -16,7 +16,8 @@ finished sending a response), doing:
 | 20 % | a random `Range` of a disk (up to 1 MiB) | 206, Content-Range, bytes equal to the store file's |
 | 15 % | full download of a small disk or metadata tarball | 200, size, sha256 against the catalog |
 | 1 %  | full download of the large disk | 200, size, sha256 against the catalog |
-| 9 %  | direct import `/talos/<version>/<variant>/<arch>` then its unified tarball (small images) | 200, `Incus-Image-Hash`, sha256 of the tarball |
+| 9 %  | direct import `/talos/<version>/<variant>/<arch>`, then its unified tarball (small) | 200, |
+|      |   | `Incus-Image-Hash`, sha256 of the tarball |
 
 No new request starts after `--seconds`; requests in flight finish (each socket has a 60 s
 timeout). The serve process tree's RSS is sampled every second. Errors must be zero; the exit
@@ -423,7 +424,10 @@ def main() -> int:
         next(kib for t, kib, _ in rss.samples if t >= mark) for mark in range(0, int(rss.samples[-1][0]) + 1, 10)
     ]
     first, last = samples[0], samples[-1]
-    mib = lambda kib: f"{kib / 1024:.0f} MiB"
+
+    def mib(kib: float) -> str:
+        return f"{kib / 1024:.0f} MiB"
+
     done = stats.done
     w = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
     rows = [

@@ -379,7 +379,10 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     med = statistics.median
-    w = lambda n: f"{n} worker{'s' if n > 1 else ''}"
+
+    def w(n: int) -> str:
+        return f"{n} worker{'s' if n > 1 else ''}"
+
     for scheme in ("http", "https"):
         for case, label in (("200", "200"), ("304", "304 (If-None-Match)")):
             base = med(rps[("nginx", scheme, case)])
@@ -422,7 +425,8 @@ def main() -> int:
             (total, single), (base_total, base_single) = peaks[(kind, scheme)], peaks[("nginx", scheme)]
             rows.append(
                 Row(
-                    f"peak RSS during the {scheme.upper()} downloads, serve {w(args.workers)}, {label}: all processes; largest",
+                    f"peak RSS during the {scheme.upper()} downloads, serve {w(args.workers)}, {label}: "
+                    "all processes; largest",
                     f"{total / 1024:.0f} MiB; {single / 1024:.0f} MiB",
                     f"nginx {base_total / 1024:.0f} MiB; {base_single / 1024:.0f} MiB",
                     ratio(total, base_total),
