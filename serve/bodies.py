@@ -16,6 +16,7 @@ Where the bytes come from decides where the blocking I/O runs:
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import hashlib
 import logging
@@ -34,7 +35,15 @@ from talos_pipeline.core.stores import DirectoryStore, Store
 log = logging.getLogger("serve")
 
 CHUNK = 128 * 1024
-"""Bytes read from a source at a time: one chunk plus the write buffer is what a slow reader costs."""
+"""Bytes read at a time from a store or upstream that is read by threads."""
+SMALL_CHUNK = 32 * 1024
+LARGE_CHUNK = 256 * 1024
+"""A directory-store file is read in `LARGE_CHUNK`s while the kernel can take that much at once on
+the client's socket (a fast download costs few reads), else in `SMALL_CHUNK`s: a slow reader's
+socket is full, so it holds one small chunk and the write buffer, never a large chunk."""
+WRITE_ROOM: contextvars.ContextVar[Callable[[], int]] = contextvars.ContextVar("serve_write_room")
+"""Bytes the client's socket can take right now (set by `BodyResponse` from the server's ASGI
+extension `serve.write_room`; absent under other servers, then chunks stay small)."""
 
 
 class StreamAborted(Exception):
@@ -117,9 +126,11 @@ class FilePart:
 
     async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
         offset = start
+        room = WRITE_ROOM.get(None)
         try:
             while offset < end:
-                chunk = os.pread(self.file.fd, min(CHUNK, end - offset), offset)
+                size = LARGE_CHUNK if room is not None and room() >= LARGE_CHUNK else SMALL_CHUNK
+                chunk = os.pread(self.file.fd, min(size, end - offset), offset)
                 if not chunk:
                     log.error("store: %s ended after %d of %d bytes (changed since it was published?)",
                               self.key, offset - start, end - start)  # fmt: skip
@@ -239,6 +250,9 @@ class BodyResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        room = scope.get("extensions", {}).get("serve.write_room")
+        if room is not None:
+            WRITE_ROOM.set(room)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": raw})
             async for chunk in self.chunks:

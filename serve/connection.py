@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import fcntl
 import http
 import logging
 import math
+import socket
+import struct
+import termios
 import time
 import urllib.parse
 from collections import deque
@@ -60,7 +64,7 @@ class Limits:
     """Connections per worker; beyond it the oldest idle or incomplete one is closed to admit the new one."""
     max_connections_per_client: int = 256
     """Connections per client address (0: no cap); beyond it that client's oldest idle one is closed."""
-    write_buffer: int = 64 * 1024
+    write_buffer: int = 32 * 1024
     """Bytes queued per connection before the body source is paused."""
     graceful_seconds: float = 20.0
     """On shutdown, responses in flight get this long."""
@@ -242,6 +246,7 @@ class Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.keep_alive = True
         self.unsent_at_loss = 0
+        self.sock: socket.socket | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -510,6 +515,22 @@ class Connection(asyncio.Protocol):
         """Bytes written but not yet handed to the kernel (TLS: those not yet encrypted and sent)."""
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
+    def write_room(self) -> int:
+        """Bytes the kernel would take on this socket right now (Linux: half of SO_SNDBUF is data,
+        minus what its send queue holds), minus what this connection still queues itself."""
+        if self.transport is None or self.closed:
+            return 0
+        if self.sock is None:
+            self.sock = self.transport.get_extra_info("socket")
+            if self.sock is None:
+                return 0
+        try:
+            capacity = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+            pending = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+        return capacity - pending - self.buffered()
+
     # ------------------------------------------------------------------ writing, with backpressure
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -574,6 +595,7 @@ class Exchange:
             "query_string": request.query,
             "headers": request.headers,
             "state": dict(conn.shared.lifespan_state),
+            "extensions": {"serve.write_room": conn.write_room},
         }
 
     async def receive(self) -> dict[str, Any]:
