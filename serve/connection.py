@@ -105,8 +105,11 @@ class Site(Protocol):
 
     metrics: Metrics
 
-    def fast_answer(self, request: Request) -> tuple[str, FastAnswer] | None:
-        """(route, answer) for requests answered from memory without the framework, else None."""
+    def fast_answer(
+        self, method: bytes, target: bytes, version: str, hosts: list[bytes], if_none_match: bytes | None
+    ) -> tuple[str, FastAnswer] | None:
+        """(route, answer) for requests answered from memory without the framework, else None
+        (only asked for requests without If-Match / If-(Un)Modified-Since and without a body)."""
 
     def route(self, path: str) -> str:
         """The metrics label of a path (a small fixed set, never the path itself)."""
@@ -414,6 +417,24 @@ class Connection(asyncio.Protocol):
             self.shared.metrics.reject("head_too_large")
             self.reply_and_close(431, "head_too_large", f"request head over {MAX_REQUEST_HEAD} bytes")
             return
+        if self.state != BUSY and not self.queue and not self.conditional and not self.has_body:
+            method = self.parser.get_method()
+            fast = self.shared.site.fast_answer(
+                method, self.url, self.parser.get_http_version(), self.hosts, self.if_none_match
+            )
+            if fast is not None:
+                self.answer_fast(method, fast)
+                return
+        request = self.request_from_head()
+        if self.state == BUSY or self.queue:
+            self.queue.append(request)
+            if len(self.queue) >= self.limits.pipeline_depth:
+                self.pause_reading()
+        else:
+            self.start(request)
+
+    def request_from_head(self) -> Request:
+        """The request whose head the parser has just completed."""
         target = self.url
         if target[:1] == b"/" and b"?" not in target and b"#" not in target:
             raw_path, query = target, b""  # the usual origin-form target, without parsing it again
@@ -424,7 +445,7 @@ class Connection(asyncio.Protocol):
             except httptools.HttpParserInvalidURLError:
                 raw_path, query = b"", b""
         path = raw_path.decode("latin-1")
-        request = Request(
+        return Request(
             method=self.parser.get_method().decode("ascii", "replace"),
             target=target,
             path=urllib.parse.unquote(path) if "%" in path else path,
@@ -439,12 +460,6 @@ class Connection(asyncio.Protocol):
             conditional=self.conditional,
             received=time.perf_counter(),
         )
-        if self.state == BUSY or self.queue:
-            self.queue.append(request)
-            if len(self.queue) >= self.limits.pipeline_depth:
-                self.pause_reading()
-        else:
-            self.start(request)
 
     def pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None:
@@ -467,7 +482,11 @@ class Connection(asyncio.Protocol):
         if not request.raw_path:
             self.reply_and_close(400, "parse_error", "bad request: the request target is not a path")
             return
-        fast = self.shared.site.fast_answer(request)
+        fast = None
+        if not request.conditional and not request.query:
+            fast = self.shared.site.fast_answer(
+                request.method.encode(), request.raw_path, request.version, request.hosts, request.if_none_match
+            )
         if fast is not None:
             route, (status, headers, body) = fast
             keep = request.keep_alive and self.keep_alive and not self.shared.stopping
@@ -475,6 +494,29 @@ class Connection(asyncio.Protocol):
             self.finished(request, route, status, len(body), "", keep, timed=False)
         else:
             self.task = self.loop.create_task(Exchange(self, request).run())
+
+    def answer_fast(self, method: bytes, fast: tuple[str, FastAnswer]) -> None:
+        """A catalog document from memory, written and logged within this callback (the common case)."""
+        route, (status, headers, body) = fast
+        keep = self.parser.should_keep_alive() and self.keep_alive and not self.shared.stopping
+        self.fresh = False
+        self.write(_head(status, headers, self.shared.date(), close=not keep) + body)
+        if self.transport is not None and self.transport.get_write_buffer_size():
+            request = self.request_from_head()  # a slow client: log once the bytes have left
+            self.state = BUSY
+            self.disarm()
+            self.shared.tracker.busy(self)
+            self.finished(request, route, status, len(body), "", keep, timed=False)
+            return
+        self.shared.metrics.response(route, status, len(body), None)
+        self.shared.access.write(self.client, method.decode("ascii", "replace"), self.url, status, len(body), 0.0,
+                                 "", self.agent)  # fmt: skip
+        if not keep:
+            self.close()
+            return
+        self.state = IDLE
+        self.shared.tracker.idle(self)
+        self.arm(self.limits.idle_timeout, self.idle_timed_out)
 
     def finished(
         self, request: Request, route: str, status: int, body: int, outcome: str, keep: bool, timed: bool = True

@@ -42,7 +42,7 @@ from .bodies import (
     open_store_file,
     verified,
 )
-from .connection import FastAnswer, Request
+from .connection import FastAnswer
 from .explain import explain_missing
 from .guard import HOST, host_problem, text_response
 from .http import (
@@ -128,28 +128,29 @@ class Handlers:
             return "unified"
         return _FIXED_ROUTES.get(path, "file")
 
-    def fast_answer(self, request: Request) -> tuple[str, FastAnswer] | None:
+    def fast_answer(
+        self, method: bytes, target: bytes, version: str, hosts: list[bytes], if_none_match: bytes | None
+    ) -> tuple[str, FastAnswer] | None:
         """The catalog documents from memory, when nothing about the request needs the framework."""
-        name = _RAW_DOCUMENTS.get(request.raw_path)
+        name = _RAW_DOCUMENTS.get(target)
         snapshot = self.catalog.snapshot
-        if name is None or snapshot is None or request.conditional or request.method not in ("GET", "HEAD"):
+        if name is None or snapshot is None or method not in (b"GET", b"HEAD"):
             return None
-        if self.catalog.due or not self._good_host(request):
+        if self.catalog.due or not self._good_host(version, hosts):
             return None
         doc: Document = getattr(snapshot, name)
-        wanted = request.if_none_match
-        if wanted is not None and etag_matches(wanted.decode("latin-1"), doc.etag):
+        if if_none_match is not None and etag_matches(if_none_match.decode("latin-1"), doc.etag):
             return name, (304, doc.fast_headers, b"")
-        return name, (200, doc.fast_body_headers, b"" if request.method == "HEAD" else doc.body)
+        return name, (200, doc.fast_body_headers, b"" if method == b"HEAD" else doc.body)
 
-    def _good_host(self, request: Request) -> bool:
+    def _good_host(self, version: str, hosts: list[bytes]) -> bool:
         """`host_problem` is None, remembered for the few Host values a server sees."""
-        if len(request.hosts) != 1:
-            return host_problem(request.version, request.hosts) is None
-        host = request.hosts[0]
+        if len(hosts) != 1:
+            return host_problem(version, hosts) is None
+        host = hosts[0]
         if host in self._good_hosts:
             return True
-        if host_problem(request.version, request.hosts) is not None:
+        if host_problem(version, hosts) is not None:
             return False
         if len(self._good_hosts) < 64:
             self._good_hosts.add(host)
