@@ -247,14 +247,22 @@ class BodyResponse:
     status_code: int
     headers: dict[str, str]
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    file_range: tuple[int, int, int] | None = None
+    """(descriptor, offset, count) when the body is exactly that range of an open file: sent with
+    the ASGI zero-copy extension (`sendfile`) where the server offers it (plain HTTP)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
-        room = scope.get("extensions", {}).get("serve.write_room")
+        extensions = scope.get("extensions", {})
+        room = extensions.get("serve.write_room")
         if room is not None:
             WRITE_ROOM.set(room)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": raw})
+            if self.file_range is not None and "http.response.zerocopysend" in extensions:
+                fd, offset, count = self.file_range
+                await send({"type": "http.response.zerocopysend", "file": fd, "offset": offset, "count": count})
+                return
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -200,6 +200,7 @@ class Handlers:
         *,
         verify: tuple[str, Callable[[int, str], None]] | None = None,
         cleanup: Callable[[], None] | None = None,
+        file: StoreFile | None = None,
     ) -> Response:
         etag = headers["ETag"]
         if modified:
@@ -228,9 +229,12 @@ class Handlers:
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
         chunks = body(start, end)
+        file_range = None
         if span is None and verify is not None:
             chunks = verified(chunks, verify[0], size, verify[1])
-        return BodyResponse(chunks, status, headers, [cleanup] if cleanup else [])
+        elif file is not None:
+            file_range = (file.fd, start, end - start)
+        return BodyResponse(chunks, status, headers, [cleanup] if cleanup else [], file_range)
 
     def _document(self, request: StarletteRequest, doc: Document, written_at: float | None) -> Response:
         headers = {"ETag": doc.etag, "Cache-Control": CATALOG_CACHE, "Content-Type": "application/json"}
@@ -421,7 +425,8 @@ class Handlers:
         verify = None
         if self.verify_reads and entry.sha256:
             verify = (entry.sha256, self._corrupt(key, entry.image))
-        return self._ranged(request, part.size, headers, modified, part.read, verify=verify, cleanup=cleanup)
+        file = part.file if isinstance(part, FilePart) else None
+        return self._ranged(request, part.size, headers, modified, part.read, verify=verify, cleanup=cleanup, file=file)
 
     # ---- proxied disks
     async def _proxied_file(self, request: StarletteRequest, entry: CatalogFile) -> Response:
