@@ -90,12 +90,6 @@ class Request:
     conditional: bool
     """If-Match, If-Unmodified-Since or If-Modified-Since is present."""
 
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
 
 FastAnswer = tuple[int, bytes, bytes]
 """(status, header lines `name: value\r\n` incl. content-length, body: empty for HEAD and 304)"""

@@ -42,7 +42,7 @@ from talos_pipeline.core.errors import ConfigError
 from talos_pipeline.core.settings import Settings
 
 from .app import app_from_settings, create_app
-from .connection import Connection, FastAnswer, Limits, Request, Shared
+from .connection import Connection, FastAnswer, Limits, Shared
 from .guard import AccessLog
 from .metrics import Metrics
 from .tls import CertificateFiles
@@ -129,7 +129,9 @@ class _PlainSite:
     def __init__(self) -> None:
         self.metrics = Metrics()
 
-    def fast_answer(self, request: Request) -> tuple[str, FastAnswer] | None:
+    def fast_answer(
+        self, method: bytes, target: bytes, version: str, hosts: list[bytes], if_none_match: bytes | None
+    ) -> tuple[str, FastAnswer] | None:
         return None
 
     def route(self, path: str) -> str:
