@@ -509,3 +509,22 @@ def test_talos_pipeline_serve_runs_the_same_command(store, serve, tls):
     response = running.get("/streams/v1/index.json")
     assert response.status_code == 200 and running.get("/readyz").json()["ready"] is True
     assert running.metric("talos_serve_requests_total", route="index", status="200") == 1
+
+
+def test_plain_http_downloads_and_pipelined_requests(big_store, serve):
+    """Over plain HTTP files go out with sendfile(2): whole, ranged and pipelined, byte for byte."""
+    running = serve(big_store.root)
+    disk = big_store.record("v1.12.0", "amd64").disk
+    with running.session() as session:
+        response = session.get(f"{running.base}/{disk.path}", timeout=60)
+        assert response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == disk.sha256
+        part = session.get(f"{running.base}/{disk.path}", headers={"Range": "bytes=1000-2000"}, timeout=10)
+        assert part.status_code == 206 and part.content == response.content[1000:2001]
+    request = b"GET /streams/v1/index.json HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(running) as sock:
+        sock.sendall(request * 2 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 3
+    assert running.metric("talos_serve_delivered_bytes_total", route="file") >= disk.size + 1001
