@@ -188,7 +188,7 @@ SETTINGS: tuple[Setting, ...] = (
         "TALOS_VARIANTS",
         "nocloud,metal",
         parse_text,
-        "variants; the first is the default; custom: NAME=PLATFORM:SCHEMATIC_ID",
+        "variants; the first is the default; custom: NAME=PLATFORM:SCHEMATIC_ID or NAME=PLATFORM:@schematic.yaml",
     ),
     Setting(
         "publish_jobs",
