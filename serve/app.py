@@ -1,6 +1,7 @@
 """The app factory: `create_app(store, ...)` wires the handlers, the routes and the request guard.
 
-Routes (GET and HEAD only; any other method is 405 with `Allow: GET, HEAD`):
+Routes (GET and HEAD only; any other method is 405 with `Allow: GET, HEAD`, except POST /requests
+with self-service on):
 
     /streams/v1/index.json, /streams/v1/images.json   the catalog, from memory, ETag + 304
     /<any path or signature the catalog names>          the object, streamed from the store
@@ -10,7 +11,8 @@ Routes (GET and HEAD only; any other method is 405 with `Allow: GET, HEAD`):
     /healthz                                            liveness: 200 while the process answers (JSON status)
     /readyz                                             readiness: 200 while a good catalog is served
     /metrics                                            Prometheus metrics (all workers)
-    /                                                   a short text page saying how to use this
+    /                                                   the page: every image and its commands (HTML)
+    POST /requests, /requests/<id>                      self-service requests (TALOS_SELF_SERVICE=on)
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from talos_pipeline.core.errors import StoreError
+from talos_pipeline.core.errors import ConfigError, StoreError
 from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.stores import Store, open_store
 
 from .guard import ALLOWED_METHODS, RequestGuard, text_response
 from .handlers import Handlers
+from .landing import Landing
+from .selfservice import SelfService, SelfServiceOptions
 from .upstream import FactoryProxy
 
 log = logging.getLogger("serve")
@@ -48,6 +52,7 @@ def create_app(
     proxy_connections: int = 64,
     upstream_timeout: float = 30.0,
     upstream_first_byte_timeout: float = 600.0,
+    self_service: SelfServiceOptions | None = None,
 ) -> Starlette:
     """The server over `store`.
 
@@ -62,7 +67,9 @@ def create_app(
     the download throughput on two cores; proxied disks are always verified. Proxied downloads run
     on their own pool of `proxy_connections` threads; a factory silent for `upstream_timeout`
     seconds mid-body is cut off, one that takes up to `upstream_first_byte_timeout` to answer (a
-    cold build) is waited for.
+    cold build) is waited for. `self_service` (TALOS_SELF_SERVICE on: tokens and limits) mounts
+    `POST /requests` and `GET /requests/<id>` and puts the request form on the page; requests are
+    checked against `factory_url` only (docs/self-service.md).
     """
     proxy = None
     if factory_url:
@@ -94,9 +101,25 @@ def create_app(
             if server.proxy is not None:
                 server.proxy.close()
 
+    requests = None
+    if self_service is not None:
+        if not factory_url:
+            raise ConfigError("self-service requests need TALOS_FACTORY_URL (extensions are checked there)")
+        requests = SelfService.create(
+            store, self_service, factory_url, lambda: server.catalog.snapshot, server.store_io
+        )
+    landing = Landing(store, server, requests, server.store_io, refresh_seconds=refresh_seconds)
+
     methods = list(ALLOWED_METHODS)
+    request_routes = []
+    if requests is not None:
+        request_routes = [
+            Route("/requests", requests.post, methods=["POST"]),
+            Route("/requests/{request_id}", requests.status, methods=methods),
+        ]
     routes = [
-        Route("/", server.landing, methods=methods),
+        Route("/", landing.page, methods=methods),
+        *request_routes,
         Route("/healthz", server.healthz, methods=methods),
         Route("/readyz", server.readyz, methods=methods),
         Route("/metrics", server.metrics_page, methods=methods),
@@ -113,7 +136,7 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestGuard)],
+        middleware=[Middleware(RequestGuard, post_paths=frozenset({"/requests"} if requests else set()))],
         exception_handlers={StoreError: store_failed},
         lifespan=lifespan,
     )
@@ -122,13 +145,14 @@ def create_app(
     app.state.store = store
     app.state.catalog = server.catalog
     app.state.metrics = server.metrics
+    app.state.requests = requests
     return app
 
 
 def app_from_settings(settings: Settings | None = None) -> Starlette:
     """The app as the settings table says (`TALOS_STORE`, `TALOS_DISK_MODE`, `TALOS_PUBLIC_URL`,
-    `TALOS_FACTORY_URL`, `TALOS_VERIFY_READS`); read from the environment when not given, which is
-    how every worker process of `--workers N` builds the same app."""
+    `TALOS_FACTORY_URL`, `TALOS_VERIFY_READS`, `TALOS_SELF_SERVICE*`); read from the environment
+    when not given, which is how every worker process of `--workers N` builds the same app."""
     settings = settings or Settings.from_env()
     return create_app(
         open_store(settings.store),
@@ -139,4 +163,5 @@ def app_from_settings(settings: Settings | None = None) -> Starlette:
         proxy_connections=settings.serve_proxy_connections,
         upstream_timeout=settings.serve_upstream_timeout,
         upstream_first_byte_timeout=settings.serve_upstream_first_byte_timeout,
+        self_service=SelfServiceOptions.from_settings(settings),
     )

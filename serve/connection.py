@@ -5,7 +5,9 @@ parses request heads; the connection enforces what a server on the open internet
 
 * a request-head timeout from the moment the connection is accepted (TLS handshake included)
   and for every later request head from its first byte; a keep-alive idle timeout in between;
-* a cap on the request head (`MAX_REQUEST_HEAD`, 431 however the head arrives);
+* a cap on the request head (`MAX_REQUEST_HEAD`, 431 however the head arrives) and on a request
+  body (`Limits.max_body`, 413 before it is read when its length says so), which must arrive
+  within the head timeout too; a body is read whole before the request is answered;
 * backpressure: a response body is read from its source only while the client keeps up (the
   transport's write buffer is bounded by `Limits.write_buffer`), and a client that stops reading
   for `Limits.send_timeout` is disconnected;
@@ -44,7 +46,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("serve.connections")
 
-IDLE, HEAD, BUSY = "idle", "head", "busy"
+IDLE, HEAD, BODY, BUSY = "idle", "head", "body", "busy"
 NO_BODY_STATUS = frozenset({204, 304})
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 _CONDITIONS = frozenset({b"if-match", b"if-unmodified-since", b"if-modified-since"})
@@ -71,6 +73,8 @@ class Limits:
     """On shutdown, responses in flight get this long."""
     pipeline_depth: int = 8
     """Pipelined requests queued per connection before reading pauses."""
+    max_body: int = 64 * 1024
+    """Bytes of a request body (the only bodies are self-service requests); beyond it: 413."""
 
 
 @dataclass(slots=True)
@@ -89,6 +93,8 @@ class Request:
     if_none_match: bytes | None
     conditional: bool
     """If-Match, If-Unmodified-Since or If-Modified-Since is present."""
+    accept_encoding: bytes | None = None
+    body: bytes = b""
 
 
 FastAnswer = tuple[int, bytes, bytes]
@@ -101,7 +107,13 @@ class Site(Protocol):
     metrics: Metrics
 
     def fast_answer(
-        self, method: bytes, target: bytes, version: str, hosts: list[bytes], if_none_match: bytes | None
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        hosts: list[bytes],
+        if_none_match: bytes | None,
+        accept_encoding: bytes | None,
     ) -> tuple[str, FastAnswer] | None:
         """(route, answer) for requests answered from memory without the framework, else None
         (only asked for requests without If-Match / If-(Un)Modified-Since and without a body)."""
@@ -110,6 +122,7 @@ class Site(Protocol):
         """The metrics label of a path (a small fixed set, never the path itself)."""
 
 
+LINGER_SECONDS = 2.0
 SENDFILE_STEP = 4 * 1024 * 1024
 SENDFILE_NUDGE = 32 * 1024
 
@@ -244,6 +257,8 @@ class Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.head_size = 0
         self.has_body = False
+        self.lingering = False
+        self.incoming: Request | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.queue: deque[Request] = deque()
@@ -325,6 +340,9 @@ class Connection(asyncio.Protocol):
         if self.state == HEAD:
             self.reply_and_close(408, "head_timeout", "the request head did not arrive in time")
             return
+        if self.state == BODY:
+            self.reply_and_close(408, "head_timeout", "the request body did not arrive in time")
+            return
         log.info("closed %s: no request within %g s", self.client, self.limits.head_timeout)
         self.abort()
 
@@ -348,7 +366,10 @@ class Connection(asyncio.Protocol):
         else:
             self.abort()
 
-    def reply_and_close(self, status: int, reason: str, text: str) -> None:
+    def reply_and_close(self, status: int, reason: str, text: str, linger: bool = False) -> None:
+        """Answer and close. `linger`: the client may still be sending (a body refused early), so
+        what it sends is read and dropped for a moment first; closing with unread bytes would reset
+        the connection and could destroy the answer before the client reads it."""
         body = text.encode() + b"\n"
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -362,11 +383,17 @@ class Connection(asyncio.Protocol):
             self.transport.write(_head(status, headers, self.shared.date(), close=True) + body)
         self.shared.access.write(self.client, "-", b"-", status, len(body), 0.0, f"REJECTED ({reason})")
         self.shared.metrics.response("rejected", status, len(body), 0.0)
+        if linger and self.transport is not None and not self.closed:
+            self.lingering = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.arm(LINGER_SECONDS, self.close)
+            return
         self.close()
 
     # ------------------------------------------------------------------ reading
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.lingering:
             return
         if self.state in (IDLE, HEAD):
             if self.state == IDLE:
@@ -395,7 +422,10 @@ class Connection(asyncio.Protocol):
         self.hosts: list[bytes] = []
         self.agent = b"-"
         self.if_none_match: bytes | None = None
+        self.accept_encoding: bytes | None = None
         self.conditional = False
+        self.content_length: int | None = None
+        self.expects_continue = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -411,10 +441,16 @@ class Connection(asyncio.Protocol):
             self.agent = value
         elif name == b"if-none-match":
             self.if_none_match = value
+        elif name == b"accept-encoding":
+            self.accept_encoding = value
+        elif name == b"expect":
+            self.expects_continue = value.strip().lower() == b"100-continue"
         elif name in _CONDITIONS:
             self.conditional = True
         elif name in _BODY_HEADERS and (name == b"transfer-encoding" or value.strip() not in (b"", b"0")):
             self.has_body = True
+            if name == b"content-length" and value.strip().isdigit():
+                self.content_length = int(value.strip())
 
     def on_headers_complete(self) -> None:
         self.head_bytes = 0
@@ -425,12 +461,53 @@ class Connection(asyncio.Protocol):
         if self.state != BUSY and not self.queue and not self.conditional and not self.has_body:
             method = self.parser.get_method()
             fast = self.shared.site.fast_answer(
-                method, self.url, self.parser.get_http_version(), self.hosts, self.if_none_match
+                method, self.url, self.parser.get_http_version(), self.hosts, self.if_none_match, self.accept_encoding
             )
             if fast is not None:
                 self.answer_fast(method, fast)
                 return
         request = self.request_from_head()
+        if self.has_body:
+            self.receive_body(request)
+            return
+        self.dispatch(request)
+
+    # ------------------------------------------------------------------ request bodies
+    def receive_body(self, request: Request) -> None:
+        """Read the body of `request` before it is answered (bounded in size and in time)."""
+        if self.content_length is not None and self.content_length > self.limits.max_body:
+            self.body_too_large()
+            return
+        self.incoming = request
+        if self.state != BUSY and not self.queue:
+            self.state = BODY
+            self.arm(self.limits.head_timeout, self.head_timed_out)
+            if self.expects_continue and self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def body_too_large(self) -> None:
+        self.incoming = None
+        self.shared.metrics.reject("body_too_large")
+        self.reply_and_close(413, "body_too_large", f"request body over {self.limits.max_body} bytes", linger=True)
+
+    def on_body(self, body: bytes) -> None:
+        request = self.incoming
+        if request is None or self.closed:
+            return
+        if len(request.body) + len(body) > self.limits.max_body:
+            self.body_too_large()
+            return
+        request.body += body
+
+    def on_message_complete(self) -> None:
+        request, self.incoming = self.incoming, None
+        if request is not None and not self.closed:
+            if self.state == BODY:
+                self.state = HEAD
+            self.dispatch(request)
+
+    def dispatch(self, request: Request) -> None:
+        """Answer `request` now, or after the requests before it on this connection."""
         if self.state == BUSY or self.queue:
             self.queue.append(request)
             if len(self.queue) >= self.limits.pipeline_depth:
@@ -458,11 +535,12 @@ class Connection(asyncio.Protocol):
             query=query,
             version=self.parser.get_http_version(),
             headers=self.headers,
-            keep_alive=self.parser.should_keep_alive() and not self.has_body,
+            keep_alive=self.parser.should_keep_alive(),
             hosts=self.hosts,
             agent=self.agent,
             if_none_match=self.if_none_match,
             conditional=self.conditional,
+            accept_encoding=self.accept_encoding,
             received=time.perf_counter(),
         )
 
@@ -490,7 +568,12 @@ class Connection(asyncio.Protocol):
         fast = None
         if not request.conditional and not request.query:
             fast = self.shared.site.fast_answer(
-                request.method.encode(), request.raw_path, request.version, request.hosts, request.if_none_match
+                request.method.encode(),
+                request.raw_path,
+                request.version,
+                request.hosts,
+                request.if_none_match,
+                request.accept_encoding,
             )
         if fast is not None:
             route, (status, headers, body) = fast
@@ -659,7 +742,7 @@ class Exchange:
     async def receive(self) -> dict[str, Any]:
         if not self.asked:
             self.asked = True
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": self.request.body, "more_body": False}
         await asyncio.shield(self.conn.lost)
         return {"type": "http.disconnect"}
 

@@ -1,7 +1,8 @@
 """The request guard: the outermost checks every request passes, and the access log.
 
 `RequestGuard` wraps the whole application (`app.py`), so nothing below it sees a method other
-than GET/HEAD, a path that is not plain, or an HTTP/1.1 request without exactly one valid `Host`.
+than GET/HEAD (or POST to the paths the app allows it on: `/requests` with self-service on), a
+path that is not plain, or an HTTP/1.1 request without exactly one valid `Host`.
 The server (`connection.py`) answers the catalog documents below the framework; it runs the same
 `host_problem` check first, and writes the access log with `AccessLog` for every response it sends,
 including its own 400s (unparseable requests), 408s, 431s and 503s (limits), with the bytes that
@@ -49,10 +50,12 @@ def host_problem(http_version: str, hosts: list[bytes]) -> str | None:
     return None
 
 
-def request_problem(scope: Scope) -> Response | None:
+def request_problem(scope: Scope, post_paths: frozenset[str] = frozenset()) -> Response | None:
     """What is wrong with this request before any route sees it (None: nothing)."""
     method = scope["method"]
-    if method not in ALLOWED_METHODS:
+    if method == "POST" and scope["path"] in post_paths:
+        pass
+    elif method not in ALLOWED_METHODS:
         return text_response(
             405,
             f"method {method} is not allowed here: this server only answers GET and HEAD",
@@ -72,17 +75,18 @@ def request_problem(scope: Scope) -> Response | None:
 class RequestGuard:
     """Outermost checks (ASGI middleware).
 
-    * methods other than GET/HEAD → 405 with `Allow`;
+    * methods other than GET/HEAD → 405 with `Allow` (POST only to `post_paths`);
     * paths with encoded separators (`%2f`, `%5c`, `%00`, `%25`), backslashes, NUL, control or
       non-ASCII characters, empty segments (`//`) or dot segments (`.`, `..`) → 400;
     * HTTP/1.1 without `Host`, any request with two, or a `Host` that is not host[:port] → 400.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, post_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.post_paths = post_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rejection = request_problem(scope) if scope["type"] == "http" else None
+        rejection = request_problem(scope, self.post_paths) if scope["type"] == "http" else None
         if rejection is not None:
             await rejection(scope, receive, send)
         else:

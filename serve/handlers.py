@@ -46,11 +46,11 @@ from .connection import FastAnswer
 from .explain import explain_missing
 from .guard import HOST, host_problem, text_response
 from .http import (
-    CATALOG_CACHE,
     IMMUTABLE_CACHE,
     NO_STORE,
     SIGNATURE_CACHE,
     Unsatisfiable,
+    accepts_gzip,
     etag_matches,
     http_date,
     parse_range,
@@ -88,13 +88,6 @@ class BadRequest(Exception):
     pass
 
 
-def _document_headers(doc: Document, written_at: float | None) -> list[tuple[bytes, bytes]]:
-    headers = [(b"etag", doc.etag.encode()), (b"cache-control", CATALOG_CACHE.encode())]
-    if written_at:
-        headers.append((b"last-modified", http_date(written_at).encode()))
-    return headers
-
-
 class Handlers:
     """The route handlers, sharing one catalog holder, the metrics and (optionally) a factory proxy."""
 
@@ -119,6 +112,7 @@ class Handlers:
         self.store_io = anyio.CapacityLimiter(STORE_THREADS)
         self._layouts: dict[tuple[str, int], UnifiedLayout] = {}
         self._good_hosts: set[bytes] = set()
+        self._encodings: dict[bytes, bool] = {}
 
     # ---- the server's Site hooks
     def route(self, path: str) -> str:
@@ -126,10 +120,18 @@ class Handlers:
             return "direct"
         if path.startswith("/unified/"):
             return "unified"
+        if path == "/requests" or path.startswith("/requests/"):
+            return "requests"
         return _FIXED_ROUTES.get(path, "file")
 
     def fast_answer(
-        self, method: bytes, target: bytes, version: str, hosts: list[bytes], if_none_match: bytes | None
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        hosts: list[bytes],
+        if_none_match: bytes | None,
+        accept_encoding: bytes | None,
     ) -> tuple[str, FastAnswer] | None:
         """The catalog documents from memory, when nothing about the request needs the framework."""
         name = _RAW_DOCUMENTS.get(target)
@@ -139,9 +141,21 @@ class Handlers:
         if self.catalog.due or not self._good_host(version, hosts):
             return None
         doc: Document = getattr(snapshot, name)
-        if if_none_match is not None and etag_matches(if_none_match.decode("latin-1"), doc.etag):
-            return name, (304, doc.fast_headers, b"")
-        return name, (200, doc.fast_body_headers, b"" if method == b"HEAD" else doc.body)
+        chosen = doc.gzipped if self._gzip_ok(accept_encoding) else doc.identity
+        if if_none_match is not None and etag_matches(if_none_match.decode("latin-1"), chosen.etag):
+            return name, (304, chosen.fast_headers, b"")
+        return name, (200, chosen.fast_body_headers, b"" if method == b"HEAD" else chosen.body)
+
+    def _gzip_ok(self, accept_encoding: bytes | None) -> bool:
+        """`accepts_gzip`, remembered for the few Accept-Encoding values a server sees."""
+        if accept_encoding is None:
+            return False
+        known = self._encodings.get(accept_encoding)
+        if known is None:
+            known = accepts_gzip(accept_encoding.decode("latin-1"))
+            if len(self._encodings) < 64:
+                self._encodings[accept_encoding] = known
+        return known
 
     def _good_host(self, version: str, hosts: list[bytes]) -> bool:
         """`host_problem` is None, remembered for the few Host values a server sees."""
@@ -236,16 +250,21 @@ class Handlers:
             file_range = (file.fd, start, end - start)
         return BodyResponse(chunks, status, headers, [cleanup] if cleanup else [], file_range)
 
-    def _document(self, request: StarletteRequest, doc: Document, written_at: float | None) -> Response:
-        headers = {"ETag": doc.etag, "Cache-Control": CATALOG_CACHE, "Content-Type": "application/json"}
-        if written_at:
-            headers["Last-Modified"] = http_date(written_at)
-        answered = self._conditional(request, doc.etag, written_at, CATALOG_CACHE)
-        if answered is not None:
-            return answered
+    def document(self, request: StarletteRequest, doc: Document, content_type: str = "application/json") -> Response:
+        """A document from memory through the framework (conditional requests, HEAD), in the
+        coding the client accepts."""
+        chosen = doc.pick(request.headers.get("accept-encoding"))
+        headers = dict(chosen.headers)
+        status = preconditions(request.method, request.headers.get, chosen.etag, doc.written_at)
+        if status == 304:
+            return Response(status_code=304, headers=headers)
+        if status == 412:
+            return text_response(412, "precondition failed: the document does not match If-Match / "
+                                      "If-Unmodified-Since", {"ETag": chosen.etag})  # fmt: skip
+        headers["Content-Type"] = content_type
         if request.method == "HEAD":
-            return Response(status_code=200, headers={**headers, "Content-Length": str(len(doc.body))})
-        return Response(doc.body, status_code=200, headers=headers)
+            return Response(status_code=200, headers={**headers, "Content-Length": str(len(chosen.body))})
+        return Response(chosen.body, status_code=200, headers=headers)
 
     # ---- integrity problems: log at ERROR, count, and say what to do
     def _drift(self, image: CatalogImage, url: str, what: str) -> None:
@@ -338,11 +357,11 @@ class Handlers:
     # ---- routes
     async def index(self, request: StarletteRequest) -> Response:
         snapshot = await self.snapshot()
-        return self._document(request, snapshot.index, snapshot.written_at) if snapshot else self.unavailable()
+        return self.document(request, snapshot.index) if snapshot else self.unavailable()
 
     async def images(self, request: StarletteRequest) -> Response:
         snapshot = await self.snapshot()
-        return self._document(request, snapshot.images, snapshot.written_at) if snapshot else self.unavailable()
+        return self.document(request, snapshot.images) if snapshot else self.unavailable()
 
     def _health(self, snapshot: Snapshot | None) -> dict[str, object]:
         if snapshot is None:
@@ -379,20 +398,6 @@ class Handlers:
         await self.snapshot()
         self.record_catalog()
         return Response(self.metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": NO_STORE})
-
-    async def landing(self, request: StarletteRequest) -> Response:
-        try:
-            base = self.base_url(request)
-        except BadRequest:
-            base = "https://<this server>"
-        return text_response(
-            200,
-            "Talos Linux images for Incus.\n\n"
-            f"  incus remote add talos {base} --protocol simplestreams --public\n"
-            "  incus launch talos:talos/<version> node1 --vm -c security.secureboot=false\n\n"
-            f"Direct import: incus image import {base}/talos/<version>[/<variant>]/<arch> --alias talos\n"
-            f"Catalog: {base}/streams/v1/images.json\n",
-        )
 
     async def file(self, request: StarletteRequest) -> Response:
         snapshot = await self.snapshot()

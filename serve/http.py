@@ -23,6 +23,29 @@ SIGNATURE_CACHE = "public, max-age=300"
 NO_STORE = "no-store"
 
 
+def accepts_gzip(header: str | None) -> bool:
+    """Whether `Accept-Encoding` allows gzip (RFC 9110 §12.5.3: `gzip`/`x-gzip` or `*` with q > 0)."""
+    if not header:
+        return False
+    gzip = star = None
+    for part in header.split(","):
+        coding, _, params = part.partition(";")
+        coding = coding.strip().lower()
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if coding in ("gzip", "x-gzip"):
+            gzip = quality > 0
+        elif coding == "*":
+            star = quality > 0
+    return gzip if gzip is not None else bool(star)
+
+
 def strong_etag(data: bytes) -> str:
     return f'"{hashlib.sha256(data).hexdigest()}"'
 

@@ -28,7 +28,16 @@ PROBLEMS = (
     "os_errors",
     "unexpected",
 )
-REJECTIONS = ("parse_error", "head_too_large", "head_timeout", "client_cap", "server_full", "shed", "send_timeout")
+REJECTIONS = (
+    "parse_error",
+    "head_too_large",
+    "body_too_large",
+    "head_timeout",
+    "client_cap",
+    "server_full",
+    "shed",
+    "send_timeout",
+)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Response times: the catalog from memory takes well under a millisecond, disks take seconds.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)

@@ -130,7 +130,13 @@ class _PlainSite:
         self.metrics = Metrics()
 
     def fast_answer(
-        self, method: bytes, target: bytes, version: str, hosts: list[bytes], if_none_match: bytes | None
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        hosts: list[bytes],
+        if_none_match: bytes | None,
+        accept_encoding: bytes | None,
     ) -> tuple[str, FastAnswer] | None:
         return None
 

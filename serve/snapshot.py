@@ -1,9 +1,11 @@
 """The simplestreams catalog as `serve/` holds it: the two documents in memory, and the allow-list.
 
 `CatalogHolder` keeps `streams/v1/index.json` and `streams/v1/images.json` as bytes with a strong
-ETag (the quoted sha256 of the bytes) and revalidates them against the store's own `stat().etag`
-at most every `refresh_seconds`, so a newly published catalog is picked up without a restart and
-N replicas reading one store converge within that interval. Nothing is kept anywhere but memory.
+ETag (the quoted sha256 of the bytes), each also gzip-compressed once per catalog change for
+clients that accept it (Incus does: Go's HTTP client asks for gzip), and revalidates them
+against the store's own `stat().etag` at most every `refresh_seconds`, so a newly published
+catalog is picked up without a restart and N replicas reading one store converge within that
+interval. Nothing is kept anywhere but memory.
 
 images.json is read by the one reader of the project (`core.simplestreams.read_images`, the same
 one `verify`, `prune` and the asset checks use); from its images this module derives everything a
@@ -24,6 +26,7 @@ replica started after the change only knows the current catalog.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import threading
@@ -37,7 +40,7 @@ from talos_pipeline.core.simplestreams import CatalogFormatError, CatalogImage, 
 from talos_pipeline.core.stores import Store
 from talos_pipeline.core.versions import TalosVersion
 
-from .http import CATALOG_CACHE, http_date, strong_etag
+from .http import CATALOG_CACHE, accepts_gzip, http_date, strong_etag
 
 log = logging.getLogger("serve.catalog")
 
@@ -59,29 +62,75 @@ def unified_url_path(image: CatalogImage) -> str:
     return f"/unified/{image.version}/{image.arch}/{image.variant}/{image.unified_sha256}.tar"
 
 
+GZIP_LEVEL = 6
+VARY = "Accept-Encoding"
+
+
 @dataclass(frozen=True)
-class Document:
-    """One catalog document as served: its bytes, their strong ETag, and the raw response headers
-    the server's fast path sends (304: `fast_headers`; 200: `fast_body_headers`)."""
+class Representation:
+    """A document in one content coding: its bytes, their strong ETag, and the raw response
+    headers the server's fast path sends (304: `fast_headers`; 200: `fast_body_headers`)."""
 
     body: bytes
     etag: str
-    written_at: float | None = None
-    fast_headers: bytes = b""
-    fast_body_headers: bytes = b""
+    encoding: str | None
+    headers: tuple[tuple[str, str], ...]
+    """What every answer of this representation carries (ETag, Cache-Control, Vary, ...)."""
+    fast_headers: bytes
+    fast_body_headers: bytes
 
     @classmethod
-    def of(cls, body: bytes, written_at: float | None) -> Document:
+    def of(
+        cls, body: bytes, etag: str, encoding: str | None, headers: list[tuple[str, str]], content_type: str
+    ) -> Representation:
+        common = [("etag", etag), *headers, ("vary", VARY)]
+        if encoding:
+            common.append(("content-encoding", encoding))
+        raw = [(name.encode(), value.encode()) for name, value in common]
+        body_headers = [*raw, (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        return cls(body, etag, encoding, tuple(common), header_lines(raw), header_lines(body_headers))
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document served from memory (the catalog documents, the page): as given and gzipped,
+    both made once; `pick` chooses by the request's Accept-Encoding. The gzip representation's
+    ETag is the identity one with `-gzip` (a cache must not take one for the other)."""
+
+    identity: Representation
+    gzipped: Representation
+    written_at: float | None = None
+
+    @property
+    def body(self) -> bytes:
+        return self.identity.body
+
+    @property
+    def etag(self) -> str:
+        return self.identity.etag
+
+    @classmethod
+    def of(
+        cls,
+        body: bytes,
+        written_at: float | None,
+        *,
+        content_type: str = "application/json",
+        headers: tuple[tuple[str, str], ...] = (("cache-control", CATALOG_CACHE),),
+    ) -> Document:
         etag = strong_etag(body)
-        headers = [(b"etag", etag.encode()), (b"cache-control", CATALOG_CACHE.encode())]
+        common = list(headers)
         if written_at:
-            headers.append((b"last-modified", http_date(written_at).encode()))
-        body_headers = [
-            *headers,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        return cls(body, etag, written_at, header_lines(headers), header_lines(body_headers))
+            common.append(("last-modified", http_date(written_at)))
+        compressed = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+        return cls(
+            Representation.of(body, etag, None, common, content_type),
+            Representation.of(compressed, etag[:-1] + '-gzip"', "gzip", common, content_type),
+            written_at,
+        )
+
+    def pick(self, accept_encoding: str | None) -> Representation:
+        return self.gzipped if accepts_gzip(accept_encoding) else self.identity
 
 
 @dataclass(frozen=True)

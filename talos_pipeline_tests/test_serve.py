@@ -92,6 +92,7 @@ def _start(store, tls=None, **app_kwargs) -> tuple[Running, callable]:
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE would override `verify`; no proxies for loopback
     session.verify = cert if cert else True
+    session.headers["Accept-Encoding"] = "identity"  # gzip is tested in test_serve_gzip.py
 
     def stop_all() -> None:
         session.close()  # idle keep-alive TLS connections would hold up the graceful shutdown

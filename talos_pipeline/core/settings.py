@@ -120,6 +120,21 @@ def parse_non_negative_int(name: str, value: str) -> int:
     return int(text)
 
 
+MIN_TOKEN_LENGTH = 16
+
+
+def parse_tokens(name: str, value: str) -> str | None:
+    """Comma-separated bearer tokens, each long enough to be a secret; None when unset."""
+    tokens = [token.strip() for token in value.split(",") if token.strip()]
+    short = [token for token in tokens if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token]
+    if short:
+        raise ConfigError(
+            f"{name}: {len(short)} of the tokens are shorter than {MIN_TOKEN_LENGTH} characters or contain spaces; "
+            "use long random tokens, e.g. `openssl rand -hex 24`"
+        )
+    return ",".join(tokens) or None
+
+
 def choice(enum: type[E]) -> Callable[[str, str], E]:
     def parse(name: str, value: str) -> E:
         try:
@@ -242,6 +257,35 @@ SETTINGS: tuple[Setting, ...] = (
         "false",
         parse_bool,
         "serve/ re-hashes full downloads from the store and cuts off a corrupted one",
+    ),
+    Setting(
+        "self_service",
+        "TALOS_SELF_SERVICE",
+        "off",
+        parse_bool,
+        "serve/ accepts POST /requests for self-service variants, and the sensor builds them (docs/self-service.md)",
+    ),
+    Setting(
+        "self_service_tokens",
+        "TALOS_SELF_SERVICE_TOKENS",
+        "",
+        parse_tokens,
+        "comma-separated bearer tokens that may POST /requests (required when TALOS_SELF_SERVICE is on)",
+        secret=True,
+    ),
+    Setting(
+        "self_service_versions",
+        "TALOS_SELF_SERVICE_VERSIONS",
+        "2",
+        parse_positive_int,
+        "a request is built for this many newest stable versions of the catalog (then follows new releases)",
+    ),
+    Setting(
+        "self_service_pending",
+        "TALOS_SELF_SERVICE_PENDING",
+        "3",
+        parse_positive_int,
+        "requests one token may have queued or building at once (beyond: 429)",
     ),
     Setting(
         "include_prereleases",
@@ -405,6 +449,10 @@ class Settings:
     disk_mode: DiskMode
     public_url: str | None
     verify_reads: bool
+    self_service: bool
+    self_service_tokens: str | None
+    self_service_versions: int
+    self_service_pending: int
     include_prereleases: bool
     min_version: str
     sensor_interval_seconds: int | None
@@ -470,6 +518,16 @@ class Settings:
 
     def arch_list(self) -> list[str]:
         return parse_arches(self.arches)
+
+    def token_list(self) -> list[str]:
+        """TALOS_SELF_SERVICE_TOKENS as a list; a ConfigError when self-service is on without any."""
+        tokens = [token for token in (self.self_service_tokens or "").split(",") if token]
+        if self.self_service and not tokens:
+            raise ConfigError(
+                "TALOS_SELF_SERVICE=on needs TALOS_SELF_SERVICE_TOKENS (comma-separated bearer tokens, "
+                "e.g. from `openssl rand -hex 24`)"
+            )
+        return tokens
 
 
 def bound_value(name: str, environ: Mapping[str, str] | None = None) -> Any:

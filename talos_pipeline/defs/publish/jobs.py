@@ -10,6 +10,12 @@ from .signatures import talos_signatures
 per_image_assets = [talos_release, talos_metadata_tarball, talos_disk_image, talos_signatures, talos_image]
 """One partition's chain, in order: every one of them runs for one Talos version × arch."""
 
+
+def variant_selection(names: list[str]) -> dict:
+    """Run config of `publish_images` that builds the variants `names` (the assets' `ImageSelection`)."""
+    return {"ops": {asset.op.name: {"config": {"variants": list(names)}} for asset in per_image_assets}}
+
+
 publish_images_job = dg.define_asset_job(
     "publish_images",
     selection=dg.AssetSelection.assets(*per_image_assets),
