@@ -11,6 +11,7 @@ variants a new release is published with. The Dagster sensors that call these on
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from ..simplestreams import CatalogFormatError, CatalogImage, read_images
 from ..stores import ObjectMissing, Store
 from ..upstream import FactoryClient
 from ..variants import Variant
-from ..versions import TalosVersion
+from ..versions import TalosVersion, parse_timestamp
 from .book import (
     SelfServiceRequest,
     SelfServiceVariant,
@@ -33,6 +34,7 @@ from .book import (
 )
 
 Log = Callable[[str], None]
+PATIENCE_SECONDS = 3600
 
 
 def catalog_images(store: Store) -> list[CatalogImage]:
@@ -59,8 +61,9 @@ class Pickup:
         )
 
     def accept(self, request: SelfServiceRequest, catalog: list[CatalogImage]) -> SelfServiceRequest | None:
-        """Queued → building (or failed, with the reason). A factory that is down raises
-        `UpstreamError` (transient): the request stays queued for the next tick."""
+        """Queued → building (or failed, with the reason). When the factory cannot answer, the
+        `UpstreamError` is raised and the request stays queued for the next tick, for up to
+        `PATIENCE_SECONDS`; then it fails with that error."""
         spec = request.spec
         if spec.name in {v.name for v in self.configured}:
             return self.fail(request, f"name {spec.name!r} is now a configured variant of this server")
@@ -69,16 +72,17 @@ class Pickup:
             return self.fail(request, "no stable Talos version is published here yet to build it for")
         try:
             schematic_id = self.factory.register_schematic(spec.schematic_bytes())
+            resolver = VariantResolver(self.factory)
+            offered = {version: resolver.offered(version) for version in targets}
         except InputError as exc:
             return self.fail(request, str(exc))
         except UpstreamError as exc:
-            if exc.transient:
+            if time.time() - parse_timestamp(request.created_at).timestamp() < PATIENCE_SECONDS:
                 raise
-            return self.fail(request, str(exc))
-        resolver = VariantResolver(self.factory)
+            return self.fail(request, f"{exc} (the Image Factory has not answered for over an hour)")
         versions, skipped = [], []
         for version in targets:
-            missing = unavailable_extensions(spec.extensions, resolver.offered(version))
+            missing = unavailable_extensions(spec.extensions, offered[version])
             if missing:
                 skipped.append(f"{version} ({', '.join(missing)})")
             else:
