@@ -106,7 +106,7 @@ def create_app(
         if not factory_url:
             raise ConfigError("self-service requests need TALOS_FACTORY_URL (extensions are checked there)")
         requests = SelfService.create(
-            store, self_service, factory_url, lambda: server.catalog.snapshot, server.store_io
+            store, self_service, factory_url, lambda: server.catalog.snapshot, server.store_io, server.page_base
         )
     landing = Landing(store, server, requests, server.store_io, refresh_seconds=refresh_seconds)
 

@@ -517,6 +517,14 @@ class Handlers:
             raise BadRequest("the Host header is not a host name or address (with an optional port)")
         return f"{scheme}://{hosts[0]}"
 
+    def page_base(self, request: StarletteRequest) -> str:
+        """The base URL pages write into the commands they show (a placeholder when the request's
+        Host cannot be used and TALOS_PUBLIC_URL is not set)."""
+        try:
+            return self.base_url(request)
+        except BadRequest:
+            return "https://images.example.com"
+
     async def direct(self, request: StarletteRequest) -> Response:
         snapshot = await self.snapshot()
         if snapshot is None:

@@ -26,7 +26,7 @@ from talos_pipeline.core.simplestreams import CatalogImage
 from talos_pipeline.core.stores import Store
 from talos_pipeline.core.variants import VANILLA_SCHEMATIC
 
-from .handlers import BadRequest, Handlers
+from .handlers import Handlers
 from .page import HTML, PAGE_HEADERS, PageView, render_page, schematic_and_platform
 from .selfservice import SelfService
 from .snapshot import Document, Snapshot
@@ -65,10 +65,7 @@ class Landing:
         snapshot = await self.handlers.snapshot()
         if snapshot is None:
             return self.handlers.unavailable()
-        try:
-            base = self.handlers.base_url(request)
-        except BadRequest:
-            base = "https://images.example.com"
+        base = self.handlers.page_base(request)
         built = self._built.get(base)
         if built is None or built.snapshot is not snapshot or self._due(built):
             document = await anyio.to_thread.run_sync(self.build, snapshot, base, limiter=self.limiter)

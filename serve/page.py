@@ -30,9 +30,10 @@ STYLE = (
     "h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #d0d7de}"
     "table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{text-align:left;padding:.3rem .5rem;"
     "border-bottom:1px solid #eaeef2;vertical-align:top}th{background:#f6f8fa}"
-    "pre{background:#f6f8fa;padding:.5rem .7rem;overflow-x:auto;margin:.3rem 0}"
+    "pre{background:#f6f8fa;padding:.5rem .7rem;margin:.3rem 0;white-space:pre-wrap;word-break:break-all}"
     "code{font:13px ui-monospace,monospace;user-select:all}td code{user-select:text}"
     "details pre code,section>pre code{user-select:all}summary{cursor:pointer;color:#0969da}"
+    "tr.commands td{padding-top:0}tr[data-product] td{border-bottom:0}"
     "form{display:grid;gap:.6rem;max-width:44rem}fieldset{border:1px solid #d0d7de}"
     "label.ext{display:inline-block;min-width:20rem}.muted{color:#57606a}.failed{color:#cf222e}"
     ".published{color:#1a7f37}"
@@ -94,14 +95,15 @@ def _signed(image: CatalogImage) -> str:
     return {"sigstore": "yes (Sigstore keyless)", "key": "yes (key)"}.get(image.signing, "yes")
 
 
-def launch_command(image: CatalogImage, platform: str) -> str:
-    alias = f"{REMOTE}:talos/{image.version}/{image.variant}/{image.arch}"
+def launch_command(source: str, platform: str) -> str:
+    """`incus launch` of a Talos image (`source`: remote:alias or a local alias); nocloud images
+    get their machine configuration through the talos-nocloud profile's cidata disk."""
     if platform == "nocloud":
         return (
-            f"incus launch {alias} node1 --vm --profile default --profile talos-nocloud "
+            f"incus launch {source} node1 --vm --profile default --profile talos-nocloud "
             f'-c security.secureboot=false {SIZES} -c cloud-init.user-data="$(cat controlplane.yaml)"'
         )
-    return f"incus launch {alias} node1 --vm -c security.secureboot=false {SIZES}"
+    return f"incus launch {source} node1 --vm -c security.secureboot=false {SIZES}"
 
 
 def import_command(base: str, image: CatalogImage) -> str:
@@ -141,8 +143,9 @@ def _image_rows(view: PageView, images: Iterable[CatalogImage]) -> str:
         schematic, platform = schematic_and_platform(image)
         extensions = view.extensions.get(schematic) if schematic else None
         shown = ", ".join(extensions) if extensions else ("none" if extensions is not None else "see schematic")
+        source = f"{REMOTE}:talos/{image.version}/{image.variant}/{image.arch}"
         commands = [
-            launch_command(image, platform or "metal"),
+            launch_command(source, platform or "metal"),
             import_command(view.base, image),
             *verify_commands(view.base, image),
         ]
@@ -151,14 +154,18 @@ def _image_rows(view: PageView, images: Iterable[CatalogImage]) -> str:
             f"<td>{e(image.version)}</td><td>{e(image.arch)}</td><td>{e(image.variant)}</td>"
             f"<td>{e(shown)}</td><td>{e(_size(image.disk.size))}</td>"
             f'<td><code title="{e(image.fingerprint)}">{e(image.fingerprint[:12])}</code></td>'
-            f"<td>{e(_signed(image))}</td><td>{e(_date(image.serial))}</td>"
-            f"<td><details><summary>commands</summary>{''.join(code(c) for c in commands)}</details></td></tr>"
+            f"<td>{e(_signed(image))}</td><td>{e(_date(image.serial))}</td></tr>"
+            f'<tr class="commands" data-commands="{e(image.product)}"><td colspan="8"><details><summary>commands for '
+            f"{e(image.version)} {e(image.arch)} {e(image.variant)}</summary>{''.join(code(c) for c in commands)}"
+            "</details></td></tr>"
         )
     return "".join(rows)
 
 
 def _sorted(images: Iterable[CatalogImage]) -> list[CatalogImage]:
-    return sorted(images, key=lambda i: (TalosVersion.parse(i.version), i.arch, i.variant), reverse=True)
+    """Newest version first; within a version by arch and variant."""
+    by_name = sorted(images, key=lambda i: (i.arch, i.variant))
+    return sorted(by_name, key=lambda i: TalosVersion.parse(i.version), reverse=True)
 
 
 def _request_form(base: str, view: SelfServiceView) -> str:
@@ -256,7 +263,7 @@ def render_page(view: PageView) -> bytes:
     table = (
         f'<section id="images"><h2>Images</h2><p class="muted">{len(images)} images of {len(versions)} versions; '
         f"catalog updated {e(updated)}</p><table><thead><tr><th>version</th><th>arch</th><th>variant</th>"
-        "<th>extensions</th><th>size</th><th>fingerprint</th><th>signed</th><th>date</th><th>commands</th>"
+        "<th>extensions</th><th>size</th><th>fingerprint</th><th>signed</th><th>date</th>"
         f"</tr></thead><tbody>{_image_rows(view, images)}</tbody></table></section>"
     )
     verify = (
@@ -273,8 +280,11 @@ def render_page(view: PageView) -> bytes:
     return _layout("Talos Linux images for Incus", header + start + table + requests + verify)
 
 
-def render_request(request: SelfServiceRequest) -> bytes:
-    """A request's status for people (the form's answer); refreshes itself while pending."""
+def render_request(request: SelfServiceRequest, base: str) -> bytes:
+    """A request's status for people (the form's answer); refreshes itself while pending. Once
+    published it says how to launch it: straight from the catalog, or, for a daemon that fetched
+    this server's index within the last hour (incusd keeps it that long, docs/incus-simplestreams.md),
+    by direct import first."""
     facts = [
         ("status", str(request.status)),
         ("platform", request.spec.platform),
@@ -289,9 +299,24 @@ def render_request(request: SelfServiceRequest) -> bytes:
     ]
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
     pending = request.status in (Status.QUEUED, Status.BUILDING)
-    note = "<p class=muted>This page refreshes every 5 seconds until the request is published or failed.</p>"
+    note = ""
+    if pending:
+        note = "<p class=muted>This page refreshes every 5 seconds until the request is published or failed.</p>"
+    elif request.status is Status.PUBLISHED and request.versions:
+        platform, newest, local = request.spec.platform, request.versions[0], f"talos-{request.name}"
+        imports = "".join(
+            code(f"incus image import {base}/talos/{newest}/{request.name}/{arch} --alias {local}")
+            for arch in request.arches
+        )
+        note = (
+            '<p>Launch the newest one (the commands on the <a href="/">page</a> set things up):</p>'
+            f"{code(launch_command(f'{REMOTE}:talos/latest/{request.name}', platform))}"
+            "<p>An Incus daemon that read this server's index within the last hour keeps that older index "
+            "for up to an hour. Until then, import the image directly (the line for your host's "
+            f"architecture) and launch it from there:</p>{imports}{code(launch_command(local, platform))}"
+        )
     body = (
-        f"<h1>Request {e(request.name)}</h1><table>{rows}</table>{note if pending else ''}"
+        f"<h1>Request {e(request.name)}</h1><table>{rows}</table>{note}"
         f'<p><a href="/">all images</a> · <a href="/requests/{e(request.id)}?format=json">as JSON</a></p>'
     )
     return _layout(f"Request {request.name}: {request.status}", body, refresh=5 if pending else None)

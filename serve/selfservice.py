@@ -130,8 +130,10 @@ class SelfService:
         factory: FactoryClient,
         snapshot: Callable[[], Any],
         limiter: anyio.CapacityLimiter,
+        base_url: Callable[[Request], str],
     ) -> None:
         self.store = store
+        self.base_url = base_url
         self.options = options
         self.extensions = OfficialExtensions(factory)
         self.snapshot = snapshot
@@ -143,9 +145,16 @@ class SelfService:
 
     @classmethod
     def create(
-        cls, store: Store, options: SelfServiceOptions, factory_url: str, snapshot: Callable[[], Any], limiter: Any
+        cls,
+        store: Store,
+        options: SelfServiceOptions,
+        factory_url: str,
+        snapshot: Callable[[], Any],
+        limiter: Any,
+        base_url: Callable[[Request], str],
     ) -> SelfService:
-        return cls(store, options, FactoryClient(factory_url, retry=RetryPolicy(attempts=2)), snapshot, limiter)
+        factory = FactoryClient(factory_url, retry=RetryPolicy(attempts=2))
+        return cls(store, options, factory, snapshot, limiter, base_url)
 
     # ---- what the page shows
     def requests(self) -> list[SelfServiceRequest]:
@@ -255,7 +264,7 @@ class SelfService:
             )
         if _wants_html(request):
             headers = {**dict(PAGE_HEADERS), "Cache-Control": NO_STORE, "Vary": "Accept"}
-            return Response(render_request(found), media_type=HTML, headers=headers)
+            return Response(render_request(found, self.base_url(request)), media_type=HTML, headers=headers)
         return Response(
             json.dumps(found.public(), indent=1) + "\n",
             media_type="application/json",

@@ -154,9 +154,13 @@ SSL_CERT_FILE pointing at a bundle that contains {cert}):
 The page with every image and its commands: {url}/
 """)
     if self_service is not None:
-        body = json.dumps(EXAMPLE_REQUEST, separators=(",", ":"))
-        _say(f"""Self-service is on (token {self_service.tokens[0]}). Request a variant with extensions:
-  curl -fsS --cacert {cert} -H 'Authorization: Bearer {self_service.tokens[0]}' -H 'Content-Type: application/json' -d '{body}' {url}/requests
+        token, body = self_service.tokens[0], json.dumps(EXAMPLE_REQUEST, separators=(",", ":"))
+        curl = (
+            f"curl -fsS --cacert {cert} -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+            f"-d '{body}' {url}/requests"
+        )
+        _say(f"""Self-service is on (token {token}). Request a variant with extensions:
+  {curl}
 then follow its status_url; once published: incus image info talos-demo:talos/{latest}/storage
 """)
     try:

@@ -133,12 +133,12 @@ def conclude(
         return None
     versions = sorted({image.version for image in mine}, key=TalosVersion.parse, reverse=True)
     aliases = sorted({alias for image in mine for alias in image.aliases}, key=lambda a: (a.count("/"), a))
-    reason = "; ".join(f"{v} {a} failed: {error}" for (v, a), error in sorted(failures.items())) or request.reason
+    partial = "; ".join(f"{v} {a} failed: {error}" for (v, a), error in sorted(failures.items()))
     return update_request(
         store,
         request.id,
         lambda r: (
-            r.moved(Status.PUBLISHED, versions=tuple(versions), aliases=tuple(aliases), reason=reason)
+            r.moved(Status.PUBLISHED, versions=tuple(versions), aliases=tuple(aliases), reason=partial or r.reason)
             if r.pending
             else None
         ),
