@@ -273,7 +273,7 @@ class SelfService:
 
 
 def _wants_html(request: Request) -> bool:
+    """Browsers name text/html first in Accept; curl and libraries send `*/*` or JSON."""
     if request.query_params.get("format") == "json":
         return False
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept.split(";")[0] or accept.startswith("text/html")
+    return request.headers.get("accept", "").lstrip().startswith(("text/html", "application/xhtml+xml"))
