@@ -217,12 +217,31 @@ class FactoryClient:
             raise UpstreamError(f"Image Factory {url}: expected a JSON list of versions, got {_short_body(response)}")
         return versions
 
-    def require_version(self, version: str) -> None:
-        if version not in self.versions():
+    def require_version(self, version: str) -> list[str]:
+        """The `/versions` answer, once it names `version` (the provenance records it)."""
+        versions = self.versions()
+        if version not in versions:
             raise UpstreamError(
                 f"the Image Factory at {self.url} does not offer Talos {version} (not in /versions); "
                 "it lists releases from v1.2.0 on and prereleases of the newest minor only"
             )
+        return versions
+
+    def schematic(self, schematic_id: str) -> str:
+        """The schematic's canonical YAML (`GET /schematics/<id>`), for the provenance of custom variants."""
+        url = f"{self.url}/schematics/{schematic_id}"
+        response = _with_retries(
+            f"Image Factory {url}",
+            lambda: self.session.get(url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)),
+            self.retry,
+            self.log,
+        )
+        if response.status_code != 200:
+            raise UpstreamError(
+                f"Image Factory {url}: HTTP {response.status_code}: {_short_body(response)}; "
+                "check the schematic id in TALOS_VARIANTS"
+            )
+        return response.text
 
     def open_image(self, image: ImageRef) -> requests.Response:
         """GET the qcow2 as a stream (redirects followed); the caller reads and closes it."""
