@@ -6,6 +6,7 @@
 //
 // Keyless:  node verify.mjs --bundle B --artifact F --trusted-root R (--san S | --san-regexp RE) --issuer I
 // Key mode: node verify.mjs --bundle B --artifact F --key PUB.pem
+// An attestation (B = F.intoto.sigstore.json) takes the same options, and optionally --predicate-type URI.
 //
 // Keyless bundles are checked by @sigstore/verify against the given trusted_root.json:
 // certificate chain at the Rekor integrated time, embedded SCT, Rekor SET, inclusion proof
@@ -31,7 +32,7 @@ import { Verifier, toSignedEntity, toTrustMaterial } from '@sigstore/verify';
 
 const USAGE =
   'usage: node verify.mjs --bundle B --artifact F ' +
-  '[--trusted-root R (--san S | --san-regexp RE) --issuer I | --key PUB.pem]';
+  '[--trusted-root R (--san S | --san-regexp RE) --issuer I | --key PUB.pem] [--predicate-type URI]';
 
 function fail(message, code = 1) {
   console.error(`FAIL: ${message}`);
