@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from talos_pipeline.launch import publish
 
@@ -31,14 +34,20 @@ def _counts(out: str) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
-def test_only_what_changed_is_hashed_again(pipeline_env, monkeypatch, tmp_path):
+@pytest.fixture
+def published(pipeline_env, monkeypatch, tmp_path) -> SimpleNamespace:
+    """v1.12.0 amd64 nocloud, unsigned; where `verify` keeps its ledger by default."""
     monkeypatch.setenv("TALOS_VARIANTS", "nocloud")
     assert publish(["v1.12.0"], ["amd64"]).ok
-    cache = tmp_path / "cache"
-    ledger = cache / "talos-pipeline" / "verify-ledger.json"
     store = pipeline_env.open()
-    disk = disk_of(store, PRODUCT)
+    cache = tmp_path / "cache"
+    return SimpleNamespace(
+        store=store, cache=cache, ledger=cache / "talos-pipeline" / "verify-ledger.json", disk=disk_of(store, PRODUCT)
+    )
 
+
+def test_only_what_changed_is_hashed_again(published):
+    store, cache, ledger, disk = published.store, published.cache, published.ledger, published.disk
     code, out = _verify(cache)
     assert code == 0 and _counts(out) == (1, 0), out
     entries = json.loads(ledger.read_text())["stores"][store.describe()]
@@ -55,13 +64,8 @@ def test_only_what_changed_is_hashed_again(pipeline_env, monkeypatch, tmp_path):
     assert code == 0 and _counts(out) == (1, 1), out
 
 
-def test_a_changed_object_or_claim_is_hashed_again_and_a_failure_records_nothing(pipeline_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("TALOS_VARIANTS", "nocloud")
-    assert publish(["v1.12.0"], ["amd64"]).ok
-    cache = tmp_path / "cache"
-    ledger = cache / "talos-pipeline" / "verify-ledger.json"
-    store = pipeline_env.open()
-    disk = disk_of(store, PRODUCT)
+def test_a_changed_object_or_claim_is_hashed_again_and_a_failure_records_nothing(published):
+    store, cache, ledger, disk = published.store, published.cache, published.ledger, published.disk
     assert _verify(cache)[0] == 0
     recorded = ledger.read_bytes()
 
@@ -85,11 +89,9 @@ def test_a_changed_object_or_claim_is_hashed_again_and_a_failure_records_nothing
     assert f"differs from the catalog's {other}" in out
 
 
-def test_the_ledger_path_can_be_chosen(pipeline_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("TALOS_VARIANTS", "nocloud")
-    assert publish(["v1.12.0"], ["amd64"]).ok
+def test_the_ledger_path_can_be_chosen(published, tmp_path):
     chosen = tmp_path / "elsewhere" / "ledger.json"
-    code, out = _verify(tmp_path / "cache", "--ledger", str(chosen))
+    code, out = _verify(published.cache, "--ledger", str(chosen))
     assert code == 0 and f"ledger: 1 disks recorded in {chosen}" in out, out
-    assert not (tmp_path / "cache").exists()
+    assert not published.cache.exists()
     assert _counts(output(talos_pipeline("verify", "--ledger", str(chosen)))) == (0, 1)

@@ -101,16 +101,6 @@ class Evidence:
 
 def statement(facts: Provenance, evidence: Evidence, release: ReleaseFacts, builder: Builder) -> bytes:
     """The in-toto statement for one file: compact, key-sorted JSON with no clock in it."""
-    parameters = {
-        "file": facts.file,
-        "path": facts.path,
-        "talosVersion": facts.version,
-        "arch": facts.arch,
-        "variant": facts.variant,
-        "platform": facts.platform,
-        "schematic": facts.schematic,
-        "diskMode": facts.disk_mode,
-    }
     dependencies: list[dict[str, Any]] = [
         {
             "name": RELEASE,
@@ -145,13 +135,27 @@ def statement(facts: Provenance, evidence: Evidence, release: ReleaseFacts, buil
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": parameters,
+                "externalParameters": external_parameters(facts),
                 "resolvedDependencies": dependencies,
             },
             "runDetails": run,
         },
     }
     return (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def external_parameters(facts: Provenance) -> dict[str, str]:
+    """`buildDefinition.externalParameters`: what the build was asked to make."""
+    return {
+        "file": facts.file,
+        "path": facts.path,
+        "talosVersion": facts.version,
+        "arch": facts.arch,
+        "variant": facts.variant,
+        "platform": facts.platform,
+        "schematic": facts.schematic,
+        "diskMode": facts.disk_mode,
+    }
 
 
 def versions_bytes(versions: tuple[str, ...]) -> bytes:

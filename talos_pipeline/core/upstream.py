@@ -196,15 +196,19 @@ class FactoryClient:
     def image_url(self, image: ImageRef) -> str:
         return f"{self.url}/{image.factory_path()}"
 
-    def versions(self) -> list[str]:
-        """The factory's `/versions` (it may answer text/plain: parse the body as JSON anyway)."""
-        url = f"{self.url}/versions"
-        response = _with_retries(
+    def _get(self, url: str) -> requests.Response:
+        """A small answer of the factory, retried like every request."""
+        return _with_retries(
             f"Image Factory {url}",
             lambda: self.session.get(url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)),
             self.retry,
             self.log,
         )
+
+    def versions(self) -> list[str]:
+        """The factory's `/versions` (it may answer text/plain: parse the body as JSON anyway)."""
+        url = f"{self.url}/versions"
+        response = self._get(url)
         if response.status_code != 200:
             raise UpstreamError(
                 f"Image Factory {url}: HTTP {response.status_code}: {_short_body(response)}; check TALOS_FACTORY_URL"
@@ -230,12 +234,7 @@ class FactoryClient:
     def schematic(self, schematic_id: str) -> str:
         """The schematic's canonical YAML (`GET /schematics/<id>`), for the provenance of custom variants."""
         url = f"{self.url}/schematics/{schematic_id}"
-        response = _with_retries(
-            f"Image Factory {url}",
-            lambda: self.session.get(url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)),
-            self.retry,
-            self.log,
-        )
+        response = self._get(url)
         if response.status_code != 200:
             raise UpstreamError(
                 f"Image Factory {url}: HTTP {response.status_code}: {_short_body(response)}; "

@@ -18,7 +18,7 @@ from .errors import PipelineError
 from .hashing import ImageDigester, sha256_hex
 from .images import IMAGES_KEY, INDEX_KEY
 from .metadata import layout_for, read_metadata_yaml
-from .provenance import Statement, read_statement
+from .provenance import Statement, external_parameters, read_statement
 from .signing import SigningError, verify_attestation, verify_bundle
 from .signing.bundles import public_key_hint
 from .simplestreams import (
@@ -291,17 +291,7 @@ def _disagreements(statement: Statement, image: CatalogImage, file: str, item: C
         "diskMode": image.disk_mode,
         "disk sha256": image.disk.sha256,
     }
-    stated = {
-        "file": facts.file,
-        "path": facts.path,
-        "talosVersion": facts.version,
-        "arch": facts.arch,
-        "variant": facts.variant,
-        "platform": facts.platform,
-        "schematic": facts.schematic,
-        "diskMode": facts.disk_mode,
-        "disk sha256": facts.disk_sha256,
-    }
+    stated = external_parameters(facts) | {"disk sha256": facts.disk_sha256}
     for name, value in expected.items():
         if value is not None and stated[name] != value:
             found.append(f"it states {name} {stated[name]!r}, the catalog {value!r}")
