@@ -18,6 +18,7 @@ import dagster as dg
 from talos_pipeline.core.catalog import load_records
 from talos_pipeline.core.discovery import DiscoveryPolicy, discover
 from talos_pipeline.core.errors import InputError
+from talos_pipeline.core.schematics import VariantResolver
 from talos_pipeline.core.settings import Settings
 from talos_pipeline.core.stores import open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
@@ -59,19 +60,21 @@ def validate_request(
     if not tags:
         raise InputError("name at least one Talos version, e.g. `talos-pipeline publish v1.12.0`")
     arch_list = parse_arches(arches) if arches else settings.arch_list()
-    variant_names = [v.name for v in select_variants(settings.variant_list(), variants)]
+    variant_list = select_variants(settings.variant_list(), variants)
     open_store(settings.store, settings).check_ready()
     factory = FactoryClient(settings.factory_url)
     offered = set(factory.versions())
     releases = ReleasesClient(settings.releases_url, settings.github_token)
+    resolver = VariantResolver(factory)
     for tag in tags:
         if tag not in offered:
             raise InputError(
                 f"the Image Factory at {settings.factory_url} does not offer Talos {tag}; "
                 "check the version (`talos-pipeline releases` lists what is available)"
             )
+        resolver.for_version(variant_list, tag)
         releases.release(tag)
-    return list(dict.fromkeys(tags)), arch_list, variant_names
+    return list(dict.fromkeys(tags)), arch_list, [v.name for v in variant_list]
 
 
 def unpublished_versions(
@@ -112,7 +115,7 @@ class Launcher:
             self.instance.add_dynamic_partitions(TALOS_VERSIONS, [tag])
         selection = {"config": {"variants": variant_names}}
         run_config = {
-            "ops": {asset.op.name: selection for asset in per_image_assets if asset.op.name != "talos_release"},
+            "ops": {asset.op.name: selection for asset in per_image_assets},
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
         }
         result = self._execute(publish_images_job, partition_key=image_partition_key(tag, arch), run_config=run_config)

@@ -42,6 +42,14 @@ class S3UploadMode(StrEnum):
     SPOOL = "spool"
 
 
+class AccessLogFormat(StrEnum):
+    """`TALOS_SERVE_ACCESS_LOG`: one access-log line per response, as text or JSON, or none."""
+
+    PLAIN = "plain"
+    JSON = "json"
+    OFF = "off"
+
+
 Parser = Callable[[str, str], Any]
 E = TypeVar("E", bound=StrEnum)
 
@@ -96,6 +104,20 @@ def parse_non_negative_float(name: str, value: str) -> float:
     if number < 0 or number != number:
         raise ConfigError(f"{name}={value!r} is not valid: use a number of seconds, 0 or more")
     return number
+
+
+def parse_positive_float(name: str, value: str) -> float:
+    number = parse_non_negative_float(name, value)
+    if number == 0:
+        raise ConfigError(f"{name}={value!r} is not valid: use a number of seconds above 0")
+    return number
+
+
+def parse_non_negative_int(name: str, value: str) -> int:
+    text = value.strip()
+    if not text.isdigit():
+        raise ConfigError(f"{name}={value!r} is not valid: use a whole number, 0 or more")
+    return int(text)
 
 
 def choice(enum: type[E]) -> Callable[[str, str], E]:
@@ -166,7 +188,7 @@ SETTINGS: tuple[Setting, ...] = (
         "TALOS_VARIANTS",
         "nocloud,metal",
         parse_text,
-        "variants; the first is the default; custom: NAME=PLATFORM:SCHEMATIC_ID",
+        "variants; the first is the default; custom: NAME=PLATFORM:SCHEMATIC_ID or NAME=PLATFORM:@schematic.yaml",
     ),
     Setting(
         "publish_jobs",
@@ -289,6 +311,77 @@ SETTINGS: tuple[Setting, ...] = (
         parse_optional_url,
         "the Dagster UI's base URL, for links to failed runs in alerts",
     ),
+    Setting(
+        "serve_head_timeout",
+        "TALOS_SERVE_HEAD_TIMEOUT",
+        "10",
+        parse_positive_float,
+        "serve/: seconds for a complete request head (TLS handshake included); then the connection is closed",
+    ),
+    Setting(
+        "serve_idle_timeout",
+        "TALOS_SERVE_IDLE_TIMEOUT",
+        "5",
+        parse_positive_float,
+        "serve/: seconds a keep-alive connection may wait for its next request",
+    ),
+    Setting(
+        "serve_send_timeout",
+        "TALOS_SERVE_SEND_TIMEOUT",
+        "60",
+        parse_positive_float,
+        "serve/: seconds a client may leave a response unread before it is disconnected",
+    ),
+    Setting(
+        "serve_max_connections",
+        "TALOS_SERVE_MAX_CONNECTIONS",
+        "1024",
+        parse_positive_int,
+        "serve/: connections per worker; beyond it the oldest idle or incomplete one is closed",
+    ),
+    Setting(
+        "serve_max_connections_per_client",
+        "TALOS_SERVE_MAX_CONNECTIONS_PER_CLIENT",
+        "256",
+        parse_non_negative_int,
+        "serve/: connections per client address and worker (0: no cap); beyond it that client's oldest idle one "
+        "is closed. Raise it (or 0) when a reverse proxy or CDN is the only client",
+    ),
+    Setting(
+        "serve_proxy_connections",
+        "TALOS_SERVE_PROXY_CONNECTIONS",
+        "64",
+        parse_positive_int,
+        "serve/ proxy mode: downloads from the factory at once per worker (beyond: 503)",
+    ),
+    Setting(
+        "serve_upstream_timeout",
+        "TALOS_SERVE_UPSTREAM_TIMEOUT",
+        "30",
+        parse_positive_float,
+        "serve/ proxy mode: seconds without a byte from the factory mid-body before the download is cut off",
+    ),
+    Setting(
+        "serve_upstream_first_byte_timeout",
+        "TALOS_SERVE_UPSTREAM_FIRST_BYTE_TIMEOUT",
+        "600",
+        parse_positive_float,
+        "serve/ proxy mode: seconds the factory may take to answer (a cold build)",
+    ),
+    Setting(
+        "serve_access_log",
+        "TALOS_SERVE_ACCESS_LOG",
+        AccessLogFormat.PLAIN,
+        choice(AccessLogFormat),
+        "serve/: access log as plain text lines, JSON lines, or off",
+    ),
+    Setting(
+        "serve_tls_check_seconds",
+        "TALOS_SERVE_TLS_CHECK_SECONDS",
+        "10",
+        parse_positive_float,
+        "serve/: how often the certificate files are checked for renewal (SIGHUP reloads at once)",
+    ),
 )
 SETTING_BY_ENV: dict[str, Setting] = {setting.env: setting for setting in SETTINGS}
 SETTING_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -323,6 +416,16 @@ class Settings:
     s3_concurrency: int
     alert_webhook: str | None
     dagster_url: str | None
+    serve_head_timeout: float
+    serve_idle_timeout: float
+    serve_send_timeout: float
+    serve_max_connections: int
+    serve_max_connections_per_client: int
+    serve_proxy_connections: int
+    serve_upstream_timeout: float
+    serve_upstream_first_byte_timeout: float
+    serve_access_log: AccessLogFormat
+    serve_tls_check_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

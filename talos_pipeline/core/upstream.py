@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from .errors import UpstreamError
+from .errors import InputError, UpstreamError
 from .images import ImageRef
 from .releases import ReleaseFacts
 
@@ -184,6 +184,16 @@ class ReleasesClient:
         return ReleaseFacts.from_github(response.json())
 
 
+@dataclass(frozen=True)
+class OfficialExtension:
+    """One entry of the factory's `/version/<v>/extensions/official`."""
+
+    name: str
+    """The repository path, e.g. `siderolabs/iscsi-tools`."""
+    ref: str = ""
+    digest: str = ""
+
+
 class FactoryClient:
     def __init__(
         self, url: str, *, retry: RetryPolicy = RetryPolicy(), log: Callable[[str], None] | None = None
@@ -196,27 +206,32 @@ class FactoryClient:
     def image_url(self, image: ImageRef) -> str:
         return f"{self.url}/{image.factory_path()}"
 
-    def _get(self, url: str) -> requests.Response:
-        """A small answer of the factory, retried like every request."""
-        return _with_retries(
+    def _send(self, method: str, path: str, **options: Any) -> tuple[str, requests.Response]:
+        """(the URL, the answer) of one small request, retried like every other."""
+        url = f"{self.url}/{path}"
+        response = _with_retries(
             f"Image Factory {url}",
-            lambda: self.session.get(url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)),
+            lambda: self.session.request(method, url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), **options),
             self.retry,
             self.log,
         )
+        return url, response
+
+    def _json(self, url: str, response: requests.Response, expected: str) -> Any:
+        """The body as JSON (the factory may say text/plain: parse it anyway)."""
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise UpstreamError(f"Image Factory {url}: expected {expected}, got {_short_body(response)}") from None
 
     def versions(self) -> list[str]:
-        """The factory's `/versions` (it may answer text/plain: parse the body as JSON anyway)."""
-        url = f"{self.url}/versions"
-        response = self._get(url)
+        """The factory's `/versions`."""
+        url, response = self._send("GET", "versions")
         if response.status_code != 200:
             raise UpstreamError(
                 f"Image Factory {url}: HTTP {response.status_code}: {_short_body(response)}; check TALOS_FACTORY_URL"
             )
-        try:
-            versions = json.loads(response.content)
-        except ValueError:
-            versions = None
+        versions = self._json(url, response, "a JSON list of versions")
         if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
             raise UpstreamError(f"Image Factory {url}: expected a JSON list of versions, got {_short_body(response)}")
         return versions
@@ -231,16 +246,44 @@ class FactoryClient:
             )
         return versions
 
+    def register_schematic(self, document: bytes) -> str:
+        """POST a schematic (YAML or JSON) and return its id; posting the same one again is harmless
+        (the id is the sha256 of the factory's canonical form)."""
+        url, response = self._send("POST", "schematics", data=document, headers={"Content-Type": "application/yaml"})
+        if response.status_code == 400:
+            raise InputError(f"the Image Factory at {self.url} refused the schematic: {_short_body(response)}")
+        if response.status_code not in (200, 201):
+            raise UpstreamError(f"Image Factory {url}: HTTP {response.status_code}: {_short_body(response)}")
+        body = self._json(url, response, 'a JSON object {"id": ...}')
+        schematic_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(schematic_id, str) or len(schematic_id) != 64:
+            raise UpstreamError(f"Image Factory {url}: expected a schematic id, got {_short_body(response)}")
+        return schematic_id
+
     def schematic(self, schematic_id: str) -> str:
-        """The schematic's canonical YAML (`GET /schematics/<id>`), for the provenance of custom variants."""
-        url = f"{self.url}/schematics/{schematic_id}"
-        response = self._get(url)
+        """The canonical YAML of a schematic the factory knows."""
+        url, response = self._send("GET", f"schematics/{schematic_id}")
+        if response.status_code == 404:
+            raise InputError(
+                f"the Image Factory at {self.url} does not know schematic {schematic_id}; "
+                "register it (POST /schematics), or give the schematic file as NAME=PLATFORM:@file.yaml"
+            )
+        if response.status_code != 200:
+            raise UpstreamError(f"Image Factory {url}: HTTP {response.status_code}: {_short_body(response)}")
+        return response.text
+
+    def official_extensions(self, version: str) -> list[OfficialExtension]:
+        """The official system extensions the factory offers for one Talos version."""
+        url, response = self._send("GET", f"version/{version}/extensions/official")
         if response.status_code != 200:
             raise UpstreamError(
                 f"Image Factory {url}: HTTP {response.status_code}: {_short_body(response)}; "
-                "check the schematic id in TALOS_VARIANTS"
+                "the factory offers extensions only for the versions it lists in /versions"
             )
-        return response.text
+        body = self._json(url, response, "a JSON list of extensions")
+        if not isinstance(body, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in body):
+            raise UpstreamError(f"Image Factory {url}: expected a JSON list of extensions, got {_short_body(response)}")
+        return [OfficialExtension(e["name"], str(e.get("ref", "")), str(e.get("digest", ""))) for e in body]
 
     def open_image(self, image: ImageRef) -> requests.Response:
         """GET the qcow2 as a stream (redirects followed); the caller reads and closes it."""

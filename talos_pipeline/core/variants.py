@@ -2,14 +2,19 @@
 
 `TALOS_VARIANTS` is a comma-separated list; the first entry is the default variant (the one
 `talos/<version>` points at). Each entry is either a known platform name (`nocloud`, `metal`,
-built from the vanilla schematic) or `NAME=PLATFORM:SCHEMATIC_ID` for a custom schematic with
-system extensions, e.g. `qga=nocloud:<64 hex chars from POST /schematics>`.
+built from the vanilla schematic), `NAME=PLATFORM:SCHEMATIC_ID` for a schematic the factory
+already has, e.g. `qga=nocloud:<64 hex chars from POST /schematics>`, or
+`NAME=PLATFORM:@path/to/schematic.yaml` for a schematic document the pipeline registers with the
+factory itself (its id is known only then: see `core/schematics.py`). A relative path is taken
+from the working directory of the process that reads the setting; deployments use absolute paths.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import ConfigError
 
@@ -27,16 +32,25 @@ class Variant:
     name: str
     platform: str
     schematic: str = VANILLA_SCHEMATIC
+    """The factory's schematic id; "" for a `schematic_file` variant not registered yet."""
+    schematic_file: str | None = dataclasses.field(default=None, compare=False)
+    """`@path` variants: the schematic YAML the factory registers (absolute path)."""
 
     @property
     def is_vanilla(self) -> bool:
-        return self.schematic == VANILLA_SCHEMATIC
+        return self.schematic == VANILLA_SCHEMATIC and self.schematic_file is None
 
     def spec(self) -> str:
         """The `TALOS_VARIANTS` entry that reproduces this variant."""
+        if self.schematic_file is not None:
+            return f"{self.name}={self.platform}:@{self.schematic_file}"
         if self.is_vanilla and self.name == self.platform:
             return self.name
         return f"{self.name}={self.platform}:{self.schematic}"
+
+    def with_schematic(self, schematic_id: str) -> Variant:
+        """This variant with the id the factory gave its schematic."""
+        return dataclasses.replace(self, schematic=schematic_id)
 
 
 def parse_variant(entry: str) -> Variant:
@@ -57,11 +71,20 @@ def parse_variant(entry: str) -> Variant:
     platform, _, schematic = rest.partition(":")
     if platform not in PLATFORMS:
         raise ConfigError(f"variant {entry!r}: unknown platform {platform!r}; use one of {', '.join(PLATFORMS)}")
+    if schematic.startswith("@"):
+        path = schematic[1:].strip()
+        if not path:
+            raise ConfigError(
+                f"variant {entry!r}: name the schematic file after '@', e.g. {name}={platform}:@storage.yaml"
+            )
+        return Variant(
+            name=name, platform=platform, schematic="", schematic_file=str(Path(path).expanduser().resolve())
+        )
     schematic = schematic or VANILLA_SCHEMATIC
     if not _SCHEMATIC.match(schematic):
         raise ConfigError(
             f"variant {entry!r}: schematic id {schematic!r} is not 64 lowercase hex characters; "
-            "use the id returned by the Image Factory's POST /schematics"
+            "use the id returned by the Image Factory's POST /schematics, or @path/to/schematic.yaml"
         )
     return Variant(name=name, platform=platform, schematic=schematic)
 

@@ -19,6 +19,8 @@ from talos_pipeline.core.publish import (
     save_release,
     store_metadata_tarball,
 )
+from talos_pipeline.core.schematics import VariantResolver, registered_variants, save_variant_ids
+from talos_pipeline.core.stores import Store
 from talos_pipeline.core.variants import select_variants
 from talos_pipeline.core.versions import parse_timestamp
 
@@ -36,32 +38,69 @@ class ImageSelection(dg.Config):
     )
 
 
-def selected_images(context: dg.AssetExecutionContext, images: TalosImages, config: ImageSelection) -> list[ImageRef]:
-    """The images of this partition: its version and arch, each selected variant."""
+def selected_images(
+    context: dg.AssetExecutionContext, images: TalosImages, config: ImageSelection, store: Store | None = None
+) -> list[ImageRef]:
+    """The images of this partition: its version and arch, each selected variant. With `store`,
+    schematic-file variants carry the id `talos_release` registered (steps that talk to the
+    factory or write records need it; signing does not)."""
     version, arch = version_and_arch(context)
-    return [ImageRef(version, arch, v) for v in select_variants(images.variant_list(), config.variants)]
+    variants = select_variants(images.variant_list(), config.variants)
+    if store is not None:
+        variants = registered_variants(store, version, arch, variants)
+    return [ImageRef(version, arch, v) for v in variants]
+
+
+VARIANT_COLUMNS = [
+    column("variant"),
+    column("platform"),
+    column("schematic", description="the Image Factory's schematic id, first 12 hex digits"),
+    column("extensions", description="official system extensions, checked against this version's list"),
+    column("file", description="the schematic file registered with POST /schematics (NAME=PLATFORM:@file)"),
+]
 
 
 @dg.asset(partitions_def=image_partitions, group_name=GROUP, kinds={"github", "python"})
 def talos_release(
-    context: dg.AssetExecutionContext, talos_upstream: TalosUpstream, talos_store: TalosStore
+    context: dg.AssetExecutionContext,
+    config: ImageSelection,
+    talos_upstream: TalosUpstream,
+    talos_store: TalosStore,
+    talos_images: TalosImages,
 ) -> dg.MaterializeResult:
-    """Facts of one Talos release from GitHub, cross-checked with the Image Factory's /versions."""
+    """Facts of one Talos release from GitHub, cross-checked with the Image Factory: the version is
+    offered, and every variant's schematic is registered and asks only for extensions this version
+    has (checked before anything is downloaded)."""
     version, arch = version_and_arch(context)
+    factory = talos_upstream.factory(context.log.warning)
     try:
-        facts = discover_release(
-            talos_upstream.releases(context.log.warning), talos_upstream.factory(context.log.warning), version
-        )
-        save_release(talos_store.open(), arch, facts)
+        store = talos_store.open()
+        facts = discover_release(talos_upstream.releases(context.log.warning), factory, version)
+        variants = select_variants(talos_images.variant_list(), config.variants)
+        resolved = VariantResolver(factory).for_version(variants, version)
+        save_release(store, arch, facts)
+        save_variant_ids(store, version, arch, resolved)
     except PipelineError as exc:
         raise step_failure(context, exc) from None
     context.log.info(f"Talos {version}: published {facts.published_at}, serial {facts.serial}")
+    rows = [
+        {
+            "variant": r.variant.name,
+            "platform": r.variant.platform,
+            "schematic": short(r.variant.schematic),
+            "extensions": ", ".join(r.extensions) or "-",
+            "file": r.variant.schematic_file or "-",
+        }
+        for r in resolved
+    ]
     return dg.MaterializeResult(
         metadata={
             "version": facts.version,
             "published_at": dg.MetadataValue.timestamp(parse_timestamp(facts.published_at)),
             "serial": facts.serial,
             "prerelease": dg.MetadataValue.bool(facts.prerelease),
+            "variants": table(VARIANT_COLUMNS, rows),
+            "schematics": dg.MetadataValue.json({r.variant.name: r.variant.schematic for r in resolved}),
             **links({"release_notes": facts.html_url}),
         },
         data_version=dg.DataVersion(f"{facts.version}@{facts.published_at}"),
@@ -135,7 +174,7 @@ def talos_disk_image(
     mode = talos_images.checked_disk_mode()
     disks = {}
     try:
-        for image in selected_images(context, talos_images, config):
+        for image in selected_images(context, talos_images, config, store):
             release = load_release(store, image.version, image.arch)
             context.log.info(f"{image.label}: downloading {factory.image_url(image)} ({mode} mode)")
             facts = hash_disk(

@@ -53,7 +53,7 @@ def talos_image(
     store = talos_store.open()
     records, problems = {}, []
     try:
-        for image in selected_images(context, talos_images, config):
+        for image in selected_images(context, talos_images, config, store):
             release = load_release(store, image.version, image.arch)
             disk = load_disk_facts(store, image)
             record = write_record(store, talos_signing.mode, image, release, expected_metadata(image, release), disk)
