@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from serve import create_app, start_in_thread
 from talos_pipeline.core.provenance import PREDICATE_TYPE, Builder, read_statement
 from talos_pipeline.core.signing import KeySigner, SigstoreSigner, generate_key_pair
 from talos_pipeline.core.stores import Store
@@ -269,3 +270,18 @@ def test_unsigned_stores_have_no_attestations_and_a_policy_refuses_them(pipeline
     code, out = _verify("--key", keys["ours.pub"])
     assert code == 1, out
     assert "the catalog names no provenance attestation, but --provenance with --key" in out, out
+
+
+def test_serve_answers_every_attestation_the_catalog_names(signed):
+    """Attestations are catalog files like the bundles: `serve/` answers them (with the bundle media
+    type), so users of a served store can fetch what `cosign verify-blob-attestation` needs."""
+    store = signed["store"].open()
+    url, stop = start_in_thread(create_app(store))
+    try:
+        for file in catalog_files(store):
+            answer = requests.get(f"{url}/{file.item['attestation']}", timeout=10)
+            assert answer.status_code == 200, f"{file.item['attestation']}: {answer.status_code}"
+            assert answer.content == store.read_bytes(file.item["attestation"])
+            assert answer.headers["Content-Type"].startswith("application/vnd.dev.sigstore.bundle")
+    finally:
+        stop()
