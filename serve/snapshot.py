@@ -187,8 +187,9 @@ class Snapshot:
         for kind, item in (("metadata", image.metadata), ("disk", image.disk)):
             # A proxied disk is not in the store, but its path is still the URL Incus asks for.
             self.files[item.path] = CatalogFile(item.path, kind, image, item.size, item.sha256)
-            if item.signature is not None:
-                self.files[item.signature] = CatalogFile(item.signature, "signature", image, None, None)
+            for bundle in (item.signature, item.attestation):  # Sigstore bundles, re-made on re-signing
+                if bundle is not None:
+                    self.files[bundle] = CatalogFile(bundle, "signature", image, None, None)
 
 
 def parse_catalog(
