@@ -303,3 +303,35 @@ def _run_page_commands(tmp_path: Path, demo: Demo, incusd: Path, rows: list[dict
     assert result.returncode == 0, result.stdout + result.stderr
     posted = _sh(client, curl, work, {"TOKEN": demo.token})
     assert posted.returncode == 0 and json.loads(posted.stdout)["name"] == "storage", posted.stderr
+
+
+def test_every_command_the_demo_prints_works_as_written(demo, incusd):
+    """The lines under "Try it with Incus", copied from the demo's output and run through bash with
+    the demo's INCUS_CONF: certificate pinning, remote, listings, launch (as far as this machine
+    goes: the VM-driver error, not an argument, alias or profile error) and direct URL import."""
+    printed = demo.out.read_text()
+    commands = [
+        line.strip()
+        for line in printed.split("Try it with Incus", 1)[1].splitlines()
+        if line.startswith(("  mkdir ", "  incus "))
+    ]
+    assert [c.split()[:3] for c in commands if c.startswith("incus")] == [
+        ["incus", "remote", "add"],
+        ["incus", "image", "list"],
+        ["incus", "image", "alias"],
+        ["incus", "launch", "talos-demo:talos/latest"],
+        ["incus", "image", "import"],
+    ], commands
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(demo.data),
+        "INCUS_DIR": str(incusd),
+        "INCUS_CONF": str(demo.data.parent / "incus-conf"),  # what the demo was started with
+    }
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+        output = result.stdout + result.stderr
+        if command.startswith("incus launch "):
+            assert result.returncode != 0 and "vhost_vsock" in output, f"{command}\n{output}"
+        else:
+            assert result.returncode == 0, f"{command}\n{output}"
