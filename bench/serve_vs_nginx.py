@@ -6,10 +6,9 @@ Builds a store with `talos-pipeline publish` from the upstream simulator: one la
 
 * nginx (Debian's nginx-light; `worker_processes auto`, `sendfile on`, access log on, TLS 1.3 only
   with the same self-signed certificate from `serve.tls.generate_self_signed`), HTTP and HTTPS;
-* `python -m serve --workers N` (uvicorn, the project's production options, access log on),
+* `python -m serve --workers N` (the project's own server, production defaults, access log on),
   HTTP and HTTPS, for every N in `--worker-counts` (default 1,2);
-* `serve/` with `create_app(..., verify_reads=False)` (this file's `--serve-child` mode runs it
-  with the same uvicorn options), to show what re-hashing full-body reads costs.
+* `python -m serve` with `TALOS_VERIFY_READS=true`, to show what re-hashing full-body reads costs.
 
 Figures: requests/s of `wrk -t2 -c32 -d10s` on `streams/v1/images.json` (200) and with
 `If-None-Match: <etag>` (304), median of `--rounds`; MB/s of the disk download (`curl -o
@@ -61,37 +60,6 @@ BIG = ("v1.12.0", "amd64", "nocloud")
 FILLER_VERSIONS = ["v1.11.5", "v1.11.6", "v1.12.1"]
 # The worker count recommended for a 2-core machine (see `--worker-counts` and the README).
 RECOMMENDED_WORKERS = 2
-
-
-# --------------------------------------------------------------------------- the verify_reads=True child
-def app_without_verify():
-    """uvicorn factory (`bench.serve_vs_nginx:app_without_verify`): the app from the environment,
-    with `verify_reads=True` (TALOS_VERIFY_READS=true); the name is kept for the child's label."""
-    from serve import create_app
-    from talos_pipeline.core.settings import Settings
-    from talos_pipeline.core.stores import open_store
-
-    settings = Settings.from_env()
-    return create_app(
-        open_store(settings.store),
-        public_url=settings.public_url,
-        disk_mode=settings.disk_mode,
-        factory_url=settings.factory_url,
-        verify_reads=True,
-    )
-
-
-def serve_child(argv: list[str]) -> int:
-    """`--serve-child PORT WORKERS [CERT KEY]`: what `python -m serve` does, with `app_without_verify`."""
-    import uvicorn
-
-    from serve.server import logging_config, uvicorn_options
-
-    port, workers = int(argv[0]), int(argv[1])
-    cert, key = (argv[2], argv[3]) if len(argv) >= 4 else (None, None)
-    options = uvicorn_options(HOST, port, cert, key, log_config=logging_config("info"))
-    uvicorn.run("bench.serve_vs_nginx:app_without_verify", factory=True, workers=workers, **options)
-    return 0
 
 
 # --------------------------------------------------------------------------- servers
@@ -184,40 +152,19 @@ def start_serve(
     verify: bool,
     schemes: tuple[str, ...] = ("http", "https"),
 ) -> list[Server]:
-    """serve/ instances on the store, one per scheme (plain HTTP and HTTPS; one process tree each).
+    """`python -m serve` on the store, one per scheme (plain HTTP and HTTPS; one process tree each).
 
-    `verify=True` runs the real `python -m serve`; `verify=False` this file's `--serve-child`."""
-    env = dict(os.environ, TALOS_STORE=str(store))
+    `verify=True` sets TALOS_VERIFY_READS=true (full-body reads re-hashed); the default is off."""
+    env = dict(os.environ, TALOS_STORE=str(store), TALOS_VERIFY_READS="true" if verify else "false")
     for name in ("TALOS_PUBLIC_URL", "TALOS_DISK_MODE", "TALOS_FACTORY_URL", "DAGSTER_HOME"):
         env.pop(name, None)
     servers = []
     for scheme in schemes:
         port = free_port()
-        tls = [str(cert), str(key)] if scheme == "https" else []
-        if verify:
-            cmd = [
-                str(VENV_BIN / "python"),
-                "-m",
-                "serve",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ]
-            if tls:
-                cmd += ["--tls-cert", tls[0], "--tls-key", tls[1]]
-        else:
-            cmd = [
-                str(VENV_BIN / "python"),
-                str(Path(__file__).resolve()),
-                "--serve-child",
-                str(port),
-                str(workers),
-                *tls,
-            ]
-        label = f"serve-{workers}w-{'verify' if verify else 'noverify'}-{scheme}"
+        cmd = [str(VENV_BIN / "python"), "-m", "serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
+        if scheme == "https":
+            cmd += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        label = f"serve-{workers}w-{'verify' if verify else 'default'}-{scheme}"
         with open(workdir / f"{label}.log", "wb") as stderr:
             proc = subprocess.Popen(
                 cmd,
@@ -343,8 +290,6 @@ def ratio(value: float, baseline: float) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--serve-child":
-        return serve_child(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512, help="data in the large disk image [512]")
     parser.add_argument(
@@ -394,12 +339,12 @@ def main() -> int:
         # taken in interleaved rounds, so that a load spike from elsewhere hits all of them alike.
         targets: dict[str, Server] = {"nginx-http": nginx, "nginx-https": nginx}
         for workers in counts:
-            http_server, https_server = start_serve(workdir, store, cert, key, workers, verify=True)
+            http_server, https_server = start_serve(workdir, store, cert, key, workers, verify=False)
             running += [http_server, https_server]
             targets[f"serve{workers}-http"], targets[f"serve{workers}-https"] = http_server, https_server
-        http_server, https_server = start_serve(workdir, store, cert, key, args.workers, verify=False)
+        http_server, https_server = start_serve(workdir, store, cert, key, args.workers, verify=True)
         running += [http_server, https_server]
-        targets["noverify-http"], targets["noverify-https"] = http_server, https_server
+        targets["verify-http"], targets["verify-https"] = http_server, https_server
         load_before = load_average()
 
         # Warm the page cache (and check that nginx serves the whole file) before measuring anything.
@@ -416,7 +361,7 @@ def main() -> int:
         peaks: dict[tuple[str, str], tuple[int, int]] = {}
         for _ in range(args.repeat):
             for scheme in ("http", "https"):
-                for name in ("nginx", f"serve{args.workers}", "noverify"):
+                for name in ("nginx", f"serve{args.workers}", "verify"):
                     speed, sampler = download(targets[f"{name}-{scheme}"], scheme, disk_path, cert, disk_size)
                     speeds.setdefault((name, scheme), []).append(speed)
                     total, single = peaks.get((name, scheme), (0, 0))
@@ -434,7 +379,10 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     med = statistics.median
-    w = lambda n: f"{n} worker{'s' if n > 1 else ''}"
+
+    def w(n: int) -> str:
+        return f"{n} worker{'s' if n > 1 else ''}"
+
     for scheme in ("http", "https"):
         for case, label in (("200", "200"), ("304", "304 (If-None-Match)")):
             base = med(rps[("nginx", scheme, case)])
@@ -449,7 +397,7 @@ def main() -> int:
                     )
                 )
     mib = disk_size / MIB
-    kinds = ((f"serve{args.workers}", "default (verify_reads off)"), ("noverify", "TALOS_VERIFY_READS=true"))
+    kinds = ((f"serve{args.workers}", "default (verify_reads off)"), ("verify", "TALOS_VERIFY_READS=true"))
     for kind, label in kinds:
         for scheme in ("http", "https"):
             value, base = med(speeds[(kind, scheme)]), med(speeds[("nginx", scheme)])
@@ -477,7 +425,8 @@ def main() -> int:
             (total, single), (base_total, base_single) = peaks[(kind, scheme)], peaks[("nginx", scheme)]
             rows.append(
                 Row(
-                    f"peak RSS during the {scheme.upper()} downloads, serve {w(args.workers)}, {label}: all processes; largest",
+                    f"peak RSS during the {scheme.upper()} downloads, serve {w(args.workers)}, {label}: "
+                    "all processes; largest",
                     f"{total / 1024:.0f} MiB; {single / 1024:.0f} MiB",
                     f"nginx {base_total / 1024:.0f} MiB; {base_single / 1024:.0f} MiB",
                     ratio(total, base_total),

@@ -1,6 +1,6 @@
 """`serve/`: the ASGI server that answers Incus from a published store.
 
-It reads the store only through `talos_pipeline.core.store.Store` and never imports Dagster.
+It reads the store only through `talos_pipeline.core.stores.Store` and never imports Dagster.
 """
 
 from __future__ import annotations

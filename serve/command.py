@@ -1,7 +1,8 @@
-"""The `serve` command (`python -m serve`, `talos-pipeline serve`): the image server under uvicorn.
+"""The `serve` command (`talos-pipeline serve` and `python -m serve`): run the image server.
 
-Settings come from the environment (TALOS_STORE, TALOS_DISK_MODE, TALOS_PUBLIC_URL,
-TALOS_FACTORY_URL); flags choose where to listen and the TLS files. With a certificate the server
+Settings come from the settings table (`TALOS_STORE`, `TALOS_DISK_MODE`, `TALOS_PUBLIC_URL`,
+`TALOS_FACTORY_URL`, `TALOS_VERIFY_READS`, ...), the same for any worker count; flags choose
+where to listen, the TLS files, the worker count and the log level. With a certificate the server
 speaks TLS 1.3 only; without one it speaks plain HTTP, which the Incus client refuses for
 simplestreams remotes (put a TLS-terminating proxy in front, or pass --tls-cert/--tls-key).
 """
@@ -12,14 +13,13 @@ import argparse
 import ipaddress
 import sys
 
-import uvicorn
-
 from talos_pipeline.core.errors import ConfigError, PipelineError
 from talos_pipeline.core.settings import Settings
-from talos_pipeline.core.stores import open_store
 
-from .app import check_public_url
-from .server import check_tls_files, logging_config, serve_forever, uvicorn_options
+from .app import app_from_settings
+from .handlers import check_public_url
+from .server import check_tls_files, limits_from, serve_app, serve_workers
+from .tls import load_tls_context
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--workers", type=int, default=1, help="worker processes [1]")
     parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="server log level [info]"
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level [info]"
     )
     return parser
 
@@ -51,7 +51,9 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; `args` has host, port, tls_cert, tls_key, workers (log_level optional)."""
+    """Serve until interrupted; `args` has host, port, tls_cert, tls_key, workers (log_level optional).
+
+    Bad input (flags, settings, certificate files) raises `PipelineError` before anything listens."""
     host, port = args.host, args.port
     cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
     workers = getattr(args, "workers", 1) or 1
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     check_tls_files(cert, key)
     settings = Settings.from_env()
     check_public_url(settings.public_url)
-    store = open_store(settings.store)
+    if cert and key:
+        load_tls_context(cert, key)
+    app = app_from_settings(settings)
     if not cert and not _is_loopback(host):
         _say(
             f"warning: serving plain HTTP on {host}:{port}; the Incus client only accepts https:// "
@@ -72,28 +76,24 @@ def run(args: argparse.Namespace) -> int:
     scheme = "https" if cert else "http"
     shown = f"[{host}]" if ":" in host else host
     _say(
-        f"serving {store.describe()} on {scheme}://{shown}:{port} (disk mode {settings.disk_mode}"
+        f"serving {app.state.store.describe()} on {scheme}://{shown}:{port} (disk mode {settings.disk_mode}"
         f"{', TLS 1.3 only' if cert else ''}, {workers} worker{'s' if workers > 1 else ''})"
     )
     try:
         if workers > 1:
-            # Worker processes build their own app from the same environment.
-            options = uvicorn_options(host, port, cert, key, log_config=logging_config(log_level))
-            uvicorn.run("serve.server:app_from_env", factory=True, workers=workers, **options)
+            serve_workers(host, port, cert, key, workers=workers, log_level=log_level)
         else:
-            serve_forever(
-                store,
+            serve_app(
+                app,
                 host,
                 port,
                 cert,
                 key,
+                limits=limits_from(settings),
+                access_format=settings.serve_access_log,
+                tls_check_seconds=settings.serve_tls_check_seconds,
                 log_level=log_level,
-                public_url=settings.public_url,
-                disk_mode=settings.disk_mode,
-                factory_url=settings.factory_url,
             )
-    except SystemExit as exc:  # uvicorn exits on startup failures (e.g. the port is taken)
-        return exc.code if isinstance(exc.code, int) and exc.code else EXIT_FAILED
     except KeyboardInterrupt:
         pass
     return 0
@@ -106,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except PipelineError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED

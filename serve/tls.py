@@ -1,27 +1,33 @@
-"""TLS for `serve/`: a self-signed certificate for loopback/demo use, and TLS 1.3-only contexts.
+"""TLS for `serve/`: certificate files that can be renewed in place, TLS 1.3-only contexts, and a
+self-signed certificate for loopback/demo use.
 
-The Incus client insists on TLS 1.3 (reference/simplestreams-and-incus.md), and DESIGN.md says the
-server speaks only TLS 1.3 when TLS is on. uvicorn's own options cannot express that
-(`ssl_version` picks a protocol constant, `ssl_ciphers` only affects TLS <= 1.2), so the server
-hands uvicorn `tls13_context_factory` through `uvicorn.Config(ssl_context_factory=...)`, the
-supported hook: uvicorn builds its usual context from the cert/key files and we raise its minimum
-version. The factory is a module-level function, so it also survives `--workers N` (each worker
-process rebuilds its context from the pickled config).
+The Incus client insists on TLS 1.3 (docs/serve.md), and DESIGN.md says the server speaks only
+TLS 1.3 when TLS is on. `CertificateFiles` loads the certificate chain and key into a TLS 1.3-only
+context with errors that name the file and the reason, and loads them again when asked (SIGHUP) or
+when the files change (ACME / cert-manager renewals): new connections get the new context,
+connections already open keep theirs. A renewal that cannot be loaded is logged and the previous
+certificate stays in use.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import os
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from talos_pipeline.core.errors import ConfigError
+
+log = logging.getLogger("serve.tls")
 
 VALIDITY = dt.timedelta(days=365)
 
@@ -108,6 +114,94 @@ def server_ssl_context(cert_path: str | os.PathLike[str], key_path: str | os.Pat
     return restrict_to_tls13(context)
 
 
-def tls13_context_factory(config, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    """`uvicorn.Config(ssl_context_factory=...)`: uvicorn's usual context, TLS 1.3 minimum."""
-    return restrict_to_tls13(default_factory())
+def _read(path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{flag} {path}: is a directory, not a PEM file") from None
+    except PermissionError:
+        raise ConfigError(f"{flag} {path}: not readable by this user (uid {os.getuid()})") from None
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
+
+
+def load_tls_context(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A TLS 1.3-only server context; `ConfigError` names the file and what is wrong with it."""
+    cert_path, key_path = Path(cert_path), Path(key_path)
+    cert_data, key_data = _read(cert_path, "--tls-cert"), _read(key_path, "--tls-key")
+    try:
+        chain = x509.load_pem_x509_certificates(cert_data)
+    except ValueError:
+        raise ConfigError(f"--tls-cert {cert_path}: no PEM certificate in it") from None
+    try:
+        serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        raise ConfigError(f"--tls-key {key_path}: the key is encrypted; give an unencrypted PEM key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(f"--tls-key {key_path}: no PEM private key in it") from None
+    expires = chain[0].not_valid_after_utc
+    if expires <= dt.datetime.now(dt.UTC):
+        raise ConfigError(f"--tls-cert {cert_path}: the certificate expired on {expires:%Y-%m-%d %H:%M} UTC")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert_path), str(key_path))
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise ConfigError(f"--tls-key {key_path}: does not belong to the certificate in {cert_path}") from None
+        raise ConfigError(f"--tls-cert {cert_path} / --tls-key {key_path}: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"--tls-cert {cert_path} / --tls-key {key_path}: {exc.strerror or exc}") from None
+    return restrict_to_tls13(context)
+
+
+class CertificateFiles:
+    """The server's certificate chain and key, re-read on `reload()` and when the files change."""
+
+    def __init__(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
+        self.cert_path, self.key_path = Path(cert_path), Path(key_path)
+        self._stamp = self._files_stamp()
+        self.context = load_tls_context(self.cert_path, self.key_path)
+        self.front = self.context
+        self.front.sni_callback = self._select
+
+    def _select(self, connection: ssl.SSLObject, server_name: str | None, front: ssl.SSLContext) -> None:
+        """Called by OpenSSL for every ClientHello (with or without SNI): hand the handshake the
+        current context (the documented way to switch certificates per connection)."""
+        if self.context is not front:
+            connection.context = self.context
+
+    def _files_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        stamps = []
+        for path in (self.cert_path, self.key_path):
+            try:
+                st = path.stat()
+                stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                stamps.append((0, 0, 0))
+        return tuple(stamps)
+
+    def reload(self, why: str) -> bool:
+        """Load the files again; on failure keep serving the previous certificate (logged)."""
+        self._stamp = self._files_stamp()
+        try:
+            self.context = load_tls_context(self.cert_path, self.key_path)
+        except ConfigError as exc:
+            log.error("TLS: %s: %s; still serving the previous certificate", why, exc)
+            return False
+        log.info("TLS: %s: loaded %s (expires %s)", why, self.cert_path, self.expiry())
+        return True
+
+    def reload_if_changed(self) -> bool:
+        """Reload when either file's inode, size or mtime changed (mtime polling)."""
+        if self._files_stamp() == self._stamp:
+            return False
+        return self.reload("the certificate files changed")
+
+    def expiry(self) -> str:
+        try:
+            cert = x509.load_pem_x509_certificates(self.cert_path.read_bytes())[0]
+        except (OSError, ValueError):
+            return "unknown"
+        return f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"

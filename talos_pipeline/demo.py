@@ -2,26 +2,47 @@
 
 Starts the upstream simulator, publishes every release it offers (both arches, the configured
 variants) with the same Dagster jobs production uses, verifies the result, and serves it over
-HTTPS with a generated certificate, printing the exact Incus commands to try it. The demo's own
-choices (store, upstream, signing key) are a `Settings` passed along; the environment is only read.
+HTTPS with a generated certificate, printing the exact Incus commands to try it. Self-service is on
+with a generated token: the demo prints a `curl` line that requests a variant, and picks requests
+up by running the self-service sensor in this process (`sensor_runner.py`: the sensor's own code,
+its runs executed in-process as the daemon would launch them). The demo's own choices (store,
+upstream, signing key, token) are a `Settings` passed along; the environment is only read.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from serve import generate_self_signed, serve_forever
+from serve.selfservice import SelfServiceOptions
 from talos_pipeline.core.settings import SETTING_BY_NAME, Settings, SigningMode
 from talos_pipeline.core.signing import generate_key_pair
 from talos_pipeline.core.stores import open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
 from talos_pipeline.core.versions import TalosVersion, sorted_tags
-from talos_pipeline.launch import publish
+from talos_pipeline.defs.selfservice.sensor import SELF_SERVICE_SENSOR
+from talos_pipeline.launch import Launcher, publish
+from talos_pipeline.sensor_runner import SensorRunner
 from talos_pipeline.simulator import UpstreamSimulator
+
+PICKUP_SECONDS = 1.0
+EXAMPLE_REQUEST = {
+    "name": "storage",
+    "platform": "nocloud",
+    "schematic": {
+        "customization": {
+            "systemExtensions": {"officialExtensions": ["siderolabs/iscsi-tools", "siderolabs/util-linux-tools"]}
+        }
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -50,9 +71,12 @@ def _is_set(name: str, environ: Mapping[str, str]) -> bool:
 
 def demo_settings(data_dir: Path, sim: UpstreamSimulator, environ: Mapping[str, str]) -> tuple[Settings, Path | None]:
     """The environment's settings pointed at the simulator, a store under `data_dir` unless
-    TALOS_STORE is set, and key-mode signing with a generated key unless TALOS_SIGNING is set.
+    TALOS_STORE is set, key-mode signing with a generated key unless TALOS_SIGNING is set, and
+    self-service on with a generated token unless TALOS_SELF_SERVICE is set.
     Returns the settings and the public key to verify with (None when the operator chose)."""
     changes: dict[str, object] = {"releases_url": sim.releases_url, "factory_url": sim.factory_url}
+    if not _is_set("self_service", environ):
+        changes |= {"self_service": True, "self_service_tokens": secrets.token_hex(24)}
     if not _is_set("store", environ):
         changes["store"] = str(data_dir / "store")
     public = None
@@ -111,6 +135,10 @@ def _serve_demo(
     url = settings.public_url or f"https://127.0.0.1:{port}"
     pinned = _incus_conf(environ) / "servercerts" / "talos-demo.crt"
     latest = offered_versions(settings)[-1]
+    self_service = SelfServiceOptions.from_settings(settings)
+    stop = threading.Event()
+    if self_service is not None:
+        threading.Thread(target=_pick_up_requests, args=(settings, stop), name="self-service", daemon=True).start()
     _say(f"""
 serving {settings.store} at {url} (TLS 1.3, certificate {cert}); Ctrl-C stops.
 
@@ -123,7 +151,52 @@ Try it with Incus (the remote name must match the pinned certificate's file name
 Direct URL import (incusd checks the certificate against the system CAs, so start it with
 SSL_CERT_FILE pointing at a bundle that contains {cert}):
   incus image import {url}/talos/{latest}/amd64 --alias talos-demo-{latest}
+The page with every image and its commands: {url}/
 """)
+    if self_service is not None:
+        token, body = self_service.tokens[0], json.dumps(EXAMPLE_REQUEST, separators=(",", ":"))
+        curl = (
+            f"curl -fsS --cacert {cert} -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+            f"-d '{body}' {url}/requests"
+        )
+        _say(f"""Self-service is on (token {token}). Request a variant with extensions:
+  {curl}
+then follow its status_url; once published: incus image info talos-demo:talos/{latest}/storage
+""")
+    try:
+        _serve(port, cert, key, url, settings, sim, self_service)
+    finally:
+        stop.set()
+
+
+def _pick_up_requests(settings: Settings, stop: threading.Event) -> None:
+    """The self-service sensor's ticks, in a loop, with its runs executed here (no daemon)."""
+    runner = SensorRunner(Launcher(settings), SELF_SERVICE_SENSOR)
+    while not stop.wait(PICKUP_SECONDS):
+        try:
+            started = time.monotonic()
+            outcome = runner.tick()
+        except Exception as exc:  # the demo keeps serving; the next tick tries again
+            _say(f"self-service: the sensor's tick failed: {type(exc).__name__}: {exc}")
+            continue
+        if outcome.launched:
+            _say(
+                f"self-service: {len(outcome.launched)} runs in {time.monotonic() - started:.1f}s "
+                f"({len(outcome.failed)} failed); catalog has {outcome.catalog_products} products"
+            )
+        for key, error in outcome.failed.items():
+            _say(f"self-service: FAILED {key}: {error}")
+
+
+def _serve(
+    port: int,
+    cert: Path,
+    key: Path,
+    url: str,
+    settings: Settings,
+    sim: UpstreamSimulator,
+    self_service: SelfServiceOptions | None,
+) -> None:
     serve_forever(
         open_store(settings.store, settings),
         "127.0.0.1",
@@ -133,4 +206,5 @@ SSL_CERT_FILE pointing at a bundle that contains {cert}):
         public_url=url,
         disk_mode=settings.disk_mode,
         factory_url=sim.factory_url,
+        self_service=self_service,
     )

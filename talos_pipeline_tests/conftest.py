@@ -30,6 +30,15 @@ pytest_plugins = ["talos_pipeline_tests.fake_sigstore.fixtures"]
 SMALL_DISK = 1024 * 1024
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_home(tmp_path_factory):
+    """`verify` keeps its ledger under $XDG_CACHE_HOME: the suite (and its subprocesses) writes
+    into a directory of its own, never into the cache of whoever runs it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def qcow2_cache(tmp_path_factory) -> str:
     """Generated images are deterministic; sharing them keeps the suite fast."""

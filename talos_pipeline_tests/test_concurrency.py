@@ -171,16 +171,58 @@ def _env(**extra) -> dict:
     return env
 
 
-def test_parallel_publishes_of_different_versions_all_reach_the_catalog(pipeline_env):
+COLLIDER = """
+import os, sys, time
+from pathlib import Path
+from talos_pipeline.core.images import IMAGES_KEY
+from talos_pipeline.core.stores import directory, s3
+
+gate, expected = Path(os.environ["TALOS_TEST_GATE"]), int(os.environ["TALOS_TEST_PARTIES"])
+
+def meet_then_write(cls):
+    original = cls.put_if
+    def patched(self, key, data, etag):
+        if key == IMAGES_KEY and not (gate / f"{os.getpid()}.waited").exists():
+            (gate / f"{os.getpid()}.waited").touch()  # every run has read the catalog it will replace
+            deadline = time.monotonic() + 60
+            while len(list(gate.glob("*.waited"))) < expected and time.monotonic() < deadline:
+                time.sleep(0.02)
+        written = original(self, key, data, etag)
+        if key == IMAGES_KEY:
+            with open(gate / "attempts", "a") as log:
+                log.write(f"{os.getpid()} {'won' if written else 'lost'}\\n")
+        return written
+    cls.put_if = patched
+
+for cls in (directory.DirectoryStore, s3.S3Store):
+    meet_then_write(cls)
+
+from talos_pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_parallel_publishes_of_different_versions_collide_and_all_reach_the_catalog(pipeline_env, tmp_path):
+    """Four runs write the catalog at the same moment (each waits, after reading images.json, until
+    all have read it): all but one lose the compare-and-swap, start over, and the final catalog
+    names every version."""
     versions = ["v1.11.5", "v1.11.6", "v1.12.0", "v1.12.1"]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = _env(TALOS_TEST_GATE=str(gate), TALOS_TEST_PARTIES=str(len(versions)))
     procs = [
         subprocess.Popen(
-            [*CLI, "publish", v, *PUBLISH_ONE], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [sys.executable, "-c", COLLIDER, "publish", v, *PUBLISH_ONE],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         for v in versions
     ]
-    outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    outputs = [p.communicate(timeout=180)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * len(versions), "\n".join(outputs)
+    attempts = (gate / "attempts").read_text().split()
+    assert attempts.count("lost") >= len(versions) - 1, f"the runs did not collide: {attempts}"
     store = pipeline_env.open()
     assert _products(store) == {f"talos:{v}:amd64:nocloud" for v in versions}
     _verified(store)

@@ -37,6 +37,8 @@ from talos_pipeline.core.stores import ObjectMissing, open_store
 from talos_pipeline.simulator import UpstreamSimulator
 from talos_pipeline.simulator.releases import SimulatedRelease
 
+from .chromium import chromium
+
 REPO = Path(__file__).resolve().parent.parent
 ARCHES = ("amd64", "arm64")
 RELEASES = [
@@ -337,66 +339,20 @@ def expected_products(versions) -> set[str]:
 
 
 def take_screenshot(deployment: Deployment, target: Path, tmp: Path, width: int = 2400, height: int = 720) -> None:
-    """Headless Chromium driven over the DevTools protocol: open the global asset lineage, hide
-    the asset tree, expand every group (the UI's Alt+E), and save a PNG."""
-    import base64
-
-    from websockets.sync.client import connect
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.fail("TALOS_ASSET_GRAPH_PNG is set but Chromium is missing (Debian package chromium)")
-    port = free_port()
-    process = subprocess.Popen(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'chromium'}",
-         "--hide-scrollbars", f"--remote-debugging-port={port}", "--remote-allow-origins=*", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        pages = wait_for("Chromium's DevTools endpoint", lambda: _devtools_pages(port), 30)
-        with connect(next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page"), max_size=None) as ws:
-            counter = iter(range(1, 10_000))
-
-            def call(method: str, **params) -> dict:
-                ident = next(counter)
-                ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-                while True:
-                    message = json.loads(ws.recv(timeout=60))
-                    if message.get("id") == ident:
-                        assert "error" not in message, message
-                        return message.get("result", {})
-
-            def click(x: int, y: int) -> None:
-                for kind in ("mousePressed", "mouseReleased"):
-                    call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
-
-            def text() -> str:
-                return call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"].get(
-                    "value", ""
-                )
-
-            call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
-            call("Page.navigate", url=f"{deployment.url}/asset-groups")
-            wait_for("the asset graph to render", lambda: "talos_images" in text(), 60)
-            time.sleep(3)
-            click(511, 79)  # the asset tree's hide button, left of the search box
-            time.sleep(2)
-            for kind in ("rawKeyDown", "keyUp"):  # Alt+E: expand all groups
-                call("Input.dispatchKeyEvent", type=kind, modifiers=1, key="e", code="KeyE", windowsVirtualKeyCode=69)
-            wait_for("the expanded groups", lambda: "talos_disk_image" in text(), 30)
-            time.sleep(4)
-            target.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _devtools_pages(port: int) -> list | None:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json() or None
-    except (requests.RequestException, ValueError):
-        return None
+    """Open the global asset lineage in headless Chromium, hide the asset tree, expand every group
+    (the UI's Alt+E), and save a PNG."""
+    with chromium(tmp / "chromium") as page:
+        page.size(width, height)
+        page.call("Page.navigate", url=f"{deployment.url}/asset-groups")
+        wait_for("the asset graph to render", lambda: "talos_images" in page.text(), 60)
+        time.sleep(3)
+        page.click(511, 79)  # the asset tree's hide button, left of the search box
+        time.sleep(2)
+        for kind in ("rawKeyDown", "keyUp"):  # Alt+E: expand all groups
+            page.call("Input.dispatchKeyEvent", type=kind, modifiers=1, key="e", code="KeyE", windowsVirtualKeyCode=69)
+        wait_for("the expanded groups", lambda: "talos_disk_image" in page.text(), 30)
+        time.sleep(4)
+        page.screenshot(target)
 
 
 @dataclass

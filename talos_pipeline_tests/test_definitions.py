@@ -69,6 +69,7 @@ SENSORS = {
     "talos_catalog_sensor": "RUNNING",
     "talos_drift_republish_sensor": "RUNNING",
     "talos_publication_failure_sensor": "RUNNING",
+    "talos_self_service_sensor": "RUNNING",
 }
 SCHEDULES = {"talos_upstream_drift_daily": "RUNNING", "daily_prune_schedule": "STOPPED"}
 CHAIN = ["talos_release", "talos_metadata_tarball", "talos_disk_image", "talos_signatures", "talos_image"]

@@ -91,27 +91,40 @@ def test_github_rate_limits_fail_with_the_reset_time(baseline, simulator, fault,
     assert _catalog(baseline) == {"talos:v1.11.6:amd64:nocloud"}
 
 
-@pytest.mark.parametrize(
-    "fault,transient",
-    [
-        ("500", False),
-        ("truncate", False),
-        ("reset", False),
-        ("500", True),
-        ("slow_first_byte", True),
-        ("redirect_chain", True),
-    ],
-)
-def test_serve_proxy_mode_under_upstream_faults(pipeline_env, simulator, monkeypatch, fault, transient):
+# fault → (count: None = every request, how serve must answer: "recovers" = a retrying client ends with
+# the right bytes, "cut" = never a complete body, "fine" = the right bytes at once)
+PROXY_FAULTS = [
+    ("500", None, "cut"),
+    ("503", None, "cut"),
+    ("truncate", None, "cut"),
+    ("reset", None, "cut"),
+    ("stall", None, "cut"),  # stalls longer than the proxy's upstream timeout: a dead upstream
+    ("500", 1, "recovers"),
+    ("503", 3, "recovers"),  # a burst: several clients' attempts in a row get a 502
+    ("slow_first_byte", 1, "recovers"),
+    ("redirect_chain", 1, "recovers"),
+    ("overlong", None, "fine"),  # bytes beyond Content-Length are not part of the body
+]
+UPSTREAM_TIMEOUT = 1.0
+
+
+@pytest.mark.parametrize("fault,count,expect", PROXY_FAULTS)
+def test_serve_proxy_mode_under_upstream_faults(pipeline_env, simulator, monkeypatch, fault, count, expect):
     monkeypatch.setenv("TALOS_DISK_MODE", "proxy")
     monkeypatch.setenv("TALOS_ARCHES", "amd64")
     monkeypatch.setenv("TALOS_VARIANTS", "nocloud")
     simulator.slow_first_byte_seconds = 0.5
+    simulator.stall_seconds = 4 * UPSTREAM_TIMEOUT
     assert publish(["v1.12.0"]).ok
     images = json.loads((pipeline_env / "streams/v1/images.json").read_text())
     (version,) = images["products"]["talos:v1.12.0:amd64:nocloud"]["versions"].values()
     disk = next(i for i in version["items"].values() if i["ftype"] == "disk-kvm.img")
-    app = create_app(DirectoryStore(pipeline_env), disk_mode="proxy", factory_url=simulator.factory_url)
+    app = create_app(
+        DirectoryStore(pipeline_env),
+        disk_mode="proxy",
+        factory_url=simulator.factory_url,
+        upstream_timeout=UPSTREAM_TIMEOUT,
+    )
     url, stop = start_in_thread(app)
     session = requests.Session()
     session.trust_env = False
@@ -124,14 +137,18 @@ def test_serve_proxy_mode_under_upstream_faults(pipeline_env, simulator, monkeyp
             return None, b""
 
     try:
-        simulator.set_fault("/image/", fault, count=1 if transient else None)
-        status, body = fetch()
-        if transient and status == 502:
-            status, body = fetch()  # a 5xx before any byte is a 502 the client retries
+        simulator.set_fault("/image/", fault, count=count)
+        answers = [fetch()]
+        while expect == "recovers" and answers[-1][0] == 502 and len(answers) < 5:
+            answers.append(fetch())  # a 5xx before any byte is a 502 the client retries
     finally:
         stop()
-    if transient:
-        assert status == 200 and hashlib.sha256(body).hexdigest() == disk["sha256"]
-    else:
-        assert status != 200 or len(body) < disk["size"], "a broken upstream body must never look complete"
+    status, body = answers[-1]
+    complete = status == 200 and hashlib.sha256(body).hexdigest() == disk["sha256"]
+    if expect == "cut":
+        assert not (status == 200 and len(body) == disk["size"]), "a broken upstream body must never look complete"
         assert app.state.metrics["proxy_upstream_errors"] >= 1
+    else:
+        assert complete, f"{fault}: {[a[0] for a in answers]}"
+    if expect == "fine":
+        assert len(answers) == 1

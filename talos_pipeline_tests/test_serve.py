@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from serve import create_app, generate_self_signed, start_in_thread
-from serve.catalog import parse_catalog
+from serve.snapshot import parse_catalog
 from serve.tls import server_ssl_context
 from talos_pipeline.core.errors import StoreError
 from talos_pipeline.core.images import IMAGES_KEY, INDEX_KEY
@@ -92,6 +92,7 @@ def _start(store, tls=None, **app_kwargs) -> tuple[Running, callable]:
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE would override `verify`; no proxies for loopback
     session.verify = cert if cert else True
+    session.headers["Accept-Encoding"] = "identity"  # gzip is tested in test_serve_gzip.py
 
     def stop_all() -> None:
         session.close()  # idle keep-alive TLS connections would hold up the graceful shutdown
@@ -241,16 +242,20 @@ def test_healthz_and_starting_on_an_empty_store(tmp_path, sim, server, tls):
     empty.check_ready()
     running, stop = _start(empty, tls, refresh_seconds=0.1)
     try:
+        # Liveness: the process answers. Readiness: not before a catalog is served.
         health = running.get("/healthz")
-        assert health.status_code == 503
+        assert health.status_code == 200
         assert health.json() == {**health.json(), "status": "unavailable", "error": "no catalog has been published yet"}
+        ready = running.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
         assert running.get("/streams/v1/index.json").status_code == 503
         publish_images(empty, sim, versions=("v1.12.0",), arches=("amd64",), variants=(NOCLOUD,))
         deadline = time.monotonic() + 5
-        while running.get("/healthz").status_code != 200:
+        while running.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert running.get("/healthz").json()["products"] == 1
+        assert running.get("/healthz").json()["status"] == "ok"
     finally:
         stop()
 
@@ -484,7 +489,9 @@ def test_host_header_is_validated_and_public_url_wins(server, mirror, tls):
 
     running, stop = _start(mirror.store, tls, public_url="https://images.example.com/talos/")
     try:
-        status, headers, _body = _get_raw(running, "/talos/v1.12.0/amd64", host=b"evil.example:80/x")
+        # An invalid Host is 400 everywhere (RFC 9112 §3.2); a valid other one never shapes the URL.
+        assert _get_raw(running, "/talos/v1.12.0/amd64", host=b"evil.example:80/x")[0] == 400
+        status, headers, _body = _get_raw(running, "/talos/v1.12.0/amd64", host=b"evil.example:80")
         record = mirror.record("v1.12.0", "amd64")
         assert status == 200
         assert headers["incus-image-url"] == (
@@ -505,7 +512,7 @@ def test_corrupt_or_missing_store_objects_fail_loudly(copied_store, tls, caplog)
         data[len(data) // 2] ^= 0xFF  # same size, other bytes
         path.write_bytes(bytes(data))
         with pytest.raises(requests.exceptions.RequestException):
-            running.get("/" + record["disk"]["path"]).content
+            _ = running.get("/" + record["disk"]["path"]).content
         assert running.metrics["store_corrupt"] == 1
         assert any(r.levelno == logging.ERROR and "store corrupt" in r.getMessage() for r in caplog.records)
         # A range cannot be verified, but is still served byte-exact.
@@ -550,14 +557,20 @@ def test_store_outage_is_503_and_the_catalog_keeps_being_served(mirror, tls, cap
         response = running.get("/" + record.disk.path)
         assert response.status_code == 503 and "not available" in response.text
         assert running.get("/streams/v1/images.json").status_code == 200  # last good catalog, from memory
-        health = running.get("/healthz")
-        assert health.status_code == 503
-        assert health.json()["error"] == "the catalog cannot be read from the store"
-        assert str(mirror.root) not in health.text and "bucket" not in health.text
+        # Still ready (a load balancer must not pull the replica): degraded, said in the body.
+        for path in ("/healthz", "/readyz"):
+            health = running.get(path)
+            assert health.status_code == 200, path
+            assert health.json()["status"] == "degraded" and health.json()["degraded"] is True
+            assert health.json()["error"] == "the catalog cannot be read from the store"
+            assert str(mirror.root) not in health.text and "bucket" not in health.text
+        metrics = running.get("/metrics").text
+        assert "talos_serve_catalog_degraded 1.0" in metrics and "talos_serve_ready 1.0" in metrics
         assert any("simulated outage" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
         store.broken = False
         time.sleep(0.15)
-        assert running.get("/healthz").status_code == 200
+        assert running.get("/healthz").json()["status"] == "ok"
+        assert "talos_serve_catalog_degraded 0.0" in running.get("/metrics").text
     finally:
         stop()
 
@@ -611,7 +624,7 @@ def test_proxy_drift_cuts_the_response_off(tmp_path, tls, caplog):
 
             # requests: the body ends before Content-Length
             with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-                running.get("/" + record.disk.path).content
+                _ = running.get("/" + record.disk.path).content
             assert running.metrics["proxy_drift"] == 1
             drift_logs = [r for r in caplog.records if r.levelno == logging.ERROR and "proxy drift" in r.getMessage()]
             assert drift_logs
@@ -634,7 +647,7 @@ def test_proxy_drift_cuts_the_response_off(tmp_path, tls, caplog):
 
             url = running.get("/talos/v1.12.0/amd64").headers["Incus-Image-URL"]
             with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-                running.get(url[len(running.base) :]).content
+                _ = running.get(url[len(running.base) :]).content
             assert running.metrics["proxy_drift"] == 3
             assert running.get("/healthz").json()["metrics"]["proxy_drift"] == 3
         finally:
@@ -673,18 +686,22 @@ def test_the_catalog_cannot_turn_the_server_into_an_open_proxy(server, mirror):
 def test_tls13_is_accepted_and_tls12_refused(server):
     host, port = server.host_port
     modern = ssl.create_default_context(cafile=server.cert)
-    with socket.create_connection((host, port), timeout=10) as raw:
-        with modern.wrap_socket(raw, server_hostname=host) as tls_sock:
-            assert tls_sock.version() == "TLSv1.3"
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        modern.wrap_socket(raw, server_hostname=host) as tls_sock,
+    ):
+        assert tls_sock.version() == "TLSv1.3"
 
     legacy = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     legacy.check_hostname = False
     legacy.verify_mode = ssl.CERT_NONE
     legacy.maximum_version = ssl.TLSVersion.TLSv1_2
-    with socket.create_connection((host, port), timeout=10) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionResetError)):
-            with legacy.wrap_socket(raw, server_hostname=host):
-                pass
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        pytest.raises((ssl.SSLError, ConnectionResetError)),
+        legacy.wrap_socket(raw, server_hostname=host),
+    ):
+        pass
     # requests verifies the generated certificate by its IP SAN
     assert server.get("/healthz").status_code == 200
 

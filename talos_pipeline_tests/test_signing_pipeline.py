@@ -224,29 +224,33 @@ def test_signing_runs_again_alone_after_turning_it_on_and_rotating_the_key(
     signed = _sign()
     assert signed.success
     hint = public_key_hint((tmp_path / "first.pub").read_bytes())
-    assert [(r["file"], r["kind"], r["signer"], r["kept"]) for r in _bundle_rows(signed)] == [
-        ("metadata", "key", hint, False),
-        ("disk", "key", hint, False),
+    assert [(r["file"], r["content"], r["kind"], r["signer"], r["kept"]) for r in _bundle_rows(signed)] == [
+        ("metadata", "signature", "key", hint, False),
+        ("metadata", "provenance", "key", hint, False),
+        ("disk", "signature", "key", hint, False),
+        ("disk", "provenance", "key", hint, False),
     ]
-    assert all(r["bundle"].endswith(".sigstore.json") for r in _bundle_rows(signed))
+    for row in _bundle_rows(signed):
+        attestation = row["bundle"].endswith(".intoto.sigstore.json")
+        assert row["bundle"].endswith(".sigstore.json") and attestation == (row["content"] == "provenance")
     capsys.readouterr()
     assert main(["catalog"]) == 0
     assert "catalog: 1 products" in capsys.readouterr().out
-    code, out = _verify(capsys, "--key", str(tmp_path / "first.pub"))
+    code, out = _verify(capsys, "--provenance", "--key", str(tmp_path / "first.pub"))
     assert code == 0, out
-    assert simulator.total_downloads() == downloads, "signing reads the store, never the factory"
+    assert simulator.total_downloads() == downloads, "signing and attesting read the store, never the factory"
 
     unchanged = tree_digest(pipeline_env)
     again = _sign()
-    assert [r["kept"] for r in _bundle_rows(again)] == [True, True]
+    assert [r["kept"] for r in _bundle_rows(again)] == [True] * 4
     assert tree_digest(pipeline_env) == unchanged
 
     monkeypatch.setenv("TALOS_SIGNING_KEY", str(tmp_path / "second.key"))  # key rotation
     rotated = _sign()
     assert [(r["signer"], r["kept"]) for r in _bundle_rows(rotated)] == [
         (public_key_hint((tmp_path / "second.pub").read_bytes()), False)
-    ] * 2
+    ] * 4
     assert main(["catalog"]) == 0
-    assert _verify(capsys, "--key", str(tmp_path / "second.pub"))[0] == 0
+    assert _verify(capsys, "--provenance", "--key", str(tmp_path / "second.pub"))[0] == 0
     assert _verify(capsys, "--key", str(tmp_path / "first.pub"))[0] == 1
     assert simulator.total_downloads() == downloads

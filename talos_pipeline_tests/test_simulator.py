@@ -951,7 +951,7 @@ def test_custom_releases_and_ipv6_loopback():
     try:
         sim = UpstreamSimulator(releases, host="::1", disk_size=DISK).start()
     except OSError as exc:
-        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+        missing_tool(f"no IPv6 loopback on this machine ({exc}): the simulator's [::1] listener is untested")
     with sim:
         assert sim.url.startswith("http://[::1]:")
         assert fetch(f"{sim.factory_url}/versions").json() == ["v1.12.9", "v1.13.0-alpha.0"]

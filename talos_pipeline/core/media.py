@@ -9,6 +9,9 @@ BUNDLE_SUFFIX = ".sigstore.json"
 """A Sigstore bundle sits next to the file it signs: `<file>.sigstore.json`."""
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 """The bundle format sigstore-python writes and `cosign verify-blob --bundle` reads."""
+ATTESTATION_SUFFIX = ".intoto.sigstore.json"
+"""A signed in-toto provenance statement (a DSSE bundle) sits next to the file it describes:
+`<file>.intoto.sigstore.json` (docs/provenance.md). Served as a bundle, like the signatures."""
 
 _CONTENT_TYPES = (
     (BUNDLE_SUFFIX, BUNDLE_MEDIA_TYPE),
@@ -29,3 +32,8 @@ def content_type_for(key: str) -> str:
 def bundle_key(key: str) -> str:
     """Where the bundle of the file at `key` lives."""
     return key + BUNDLE_SUFFIX
+
+
+def attestation_key(key: str) -> str:
+    """Where the provenance attestation of the file at `key` lives."""
+    return key + ATTESTATION_SUFFIX

@@ -121,7 +121,7 @@ def _named(records: Iterable[ProductRecord]) -> set[str]:
 
 
 def _catalog_files(store: Store) -> set[str]:
-    """Every path and signature images.json names (raises ValueError when it cannot be read)."""
+    """Every path, signature and attestation images.json names (raises ValueError when it cannot be read)."""
     found = store.read_with_etag(IMAGES_KEY)
     if found is None:
         return set()
@@ -132,6 +132,7 @@ def _catalog_files(store: Store) -> set[str]:
     for image in reading.images:
         keys |= {image.metadata.path, image.disk.path}
         keys |= {item.signature for item in (image.metadata, image.disk) if item.signature}
+        keys |= {item.attestation for item in (image.metadata, image.disk) if item.attestation}
     return keys
 
 

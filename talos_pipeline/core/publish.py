@@ -9,29 +9,28 @@ objects first, then their bundles, then the product record, then (elsewhere) the
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import requests
-from cryptography import x509
 
-from .errors import PipelineError, SigningError, UpstreamError
+from .errors import PipelineError, UpstreamError
 from .hashing import ImageDigester, sha256_hex
 from .images import (
     ImageRef,
     release_state_key,
 )
-from .media import bundle_key
+from .media import attestation_key, bundle_key
 from .metadata import metadata_tarball, unified_layout
+from .provenance import Builder, Evidence, image_provenance, statement
 from .records import ProductRecord, PublishedFile
 from .releases import ReleaseFacts
 from .settings import SigningMode
-from .signing import Signer, bundle_kind
-from .signing.bundles import parse_bundle
-from .signing.verification import certificate_identities
+from .signed_files import Bundle, is_signature, kept_or_signed, named_bundle, states
+from .signing import Signer
 from .stores import CHUNK, ObjectMissing, Store
 from .upstream import READ_TIMEOUT, FactoryClient, ReleasesClient
 
@@ -40,10 +39,11 @@ PROGRESS_INTERVAL = 5.0
 
 
 def discover_release(releases: ReleasesClient, factory: FactoryClient, version: str) -> ReleaseFacts:
-    """GitHub's facts for a version the factory also offers (checked before any download)."""
+    """GitHub's facts for a version the factory also offers (checked before any download), with
+    the factory's `/versions` answer for the provenance attestations."""
     facts = releases.release(version)
-    factory.require_version(facts.version)
-    return facts
+    offered = factory.require_version(facts.version)
+    return replace(facts, factory_versions_url=f"{factory.url}/versions", factory_versions=tuple(offered))
 
 
 def save_release(store: Store, arch: str, facts: ReleaseFacts) -> None:
@@ -90,6 +90,8 @@ class DiskFacts:
     upstream_url: str
     mode: str
     seconds: float = 0.0
+    schematic_document: str | None = None
+    """The factory's canonical YAML of a custom schematic (the provenance names it); None for vanilla."""
 
     @property
     def bytes_per_second(self) -> float:
@@ -99,6 +101,8 @@ class DiskFacts:
         """Without the timing, so republishing unchanged bytes rewrites nothing."""
         facts = asdict(self)
         del facts["seconds"]
+        if facts["schematic_document"] is None:
+            del facts["schematic_document"]
         return _json(facts)
 
     @classmethod
@@ -152,6 +156,7 @@ def hash_disk(
     """Stream the qcow2 once: hash it three ways and (in mirror mode) store the same bytes."""
     tarball = store.read_bytes(metadata.path)
     url = factory.image_url(image)
+    schematic = None if image.variant.is_vanilla else factory.schematic(image.variant.schematic)
     started = time.monotonic()
     response = factory.open_image(image)
     with response:
@@ -204,6 +209,7 @@ def hash_disk(
         upstream_url=url,
         mode=mode,
         seconds=round(elapsed, 3),
+        schematic_document=schematic,
     )
     store.put_bytes(image.state_key, facts.to_json())
     return facts
@@ -237,23 +243,6 @@ def load_disk_facts(store: Store, image: ImageRef) -> DiskFacts:
         ) from None
 
 
-@dataclass(frozen=True)
-class Bundle:
-    """One Sigstore bundle the signing step left next to a published file."""
-
-    file: str
-    """Which file of the image: `metadata` (the tarball, signed by content) or `disk` (by digest)."""
-    path: str
-    key: str
-    kind: str
-    """`keyless` (a Fulcio certificate) or `key` (a public-key hint)."""
-    signer: str
-    """The certificate's identities, or the public-key hint."""
-    kept: bool
-    """An existing bundle still valid for this signer, left as it was."""
-    sha256: str
-
-
 def _check_same_tarball(image: ImageRef, metadata: PublishedFile, disk: DiskFacts) -> None:
     if disk.metadata_sha256 != metadata.sha256:
         raise PipelineError(
@@ -261,68 +250,48 @@ def _check_same_tarball(image: ImageRef, metadata: PublishedFile, disk: DiskFact
         )
 
 
-def bundle_signer(bundle_json: bytes) -> tuple[str, str]:
-    """(`keyless` or `key`, who): the certificate's identities or the public-key hint of a bundle."""
-    material = parse_bundle(bundle_json).get("verificationMaterial") or {}
-    if bundle_kind(bundle_json) == SigningMode.KEY:
-        return "key", str((material.get("publicKey") or {}).get("hint", ""))
-    chain = (material.get("x509CertificateChain") or {}).get("certificates") or [{}]
-    raw = (material.get("certificate") or chain[0]).get("rawBytes", "")
-    try:
-        certificate = x509.load_der_x509_certificate(base64.b64decode(raw))
-    except ValueError as exc:
-        raise SigningError(f"the bundle's certificate cannot be read: {exc}") from None
-    return "keyless", ", ".join(certificate_identities(certificate))
-
-
-def _signed(store: Store, signer: Signer, file: str, path: str, sign: Callable[[], bytes | None]) -> Bundle:
-    """The bundle next to `path`: kept when still valid for this signer, else written anew."""
-    key = bundle_key(path)
-    try:
-        existing = store.read_bytes(key)
-    except ObjectMissing:
-        existing = None
-    kept = existing is not None and signer.would_keep(existing)
-    data = existing if kept else sign()
-    if data is None:
-        raise SigningError(f"{path}: the {signer.mode} signer produced no bundle")
-    if not kept:
-        store.put_bytes(key, data)
-    kind, who = bundle_signer(data)
-    return Bundle(file=file, path=path, key=key, kind=kind, signer=who, kept=kept, sha256=sha256_hex(data))
-
-
-def sign_image(store: Store, signer: Signer, image: ImageRef, metadata: PublishedFile, disk: DiskFacts) -> list[Bundle]:
+def sign_image(
+    store: Store,
+    signer: Signer,
+    image: ImageRef,
+    release: ReleaseFacts,
+    metadata: PublishedFile,
+    disk: DiskFacts,
+    builder: Builder | None = None,
+) -> list[Bundle]:
     """Bundles of the metadata tarball (by content, a few hundred bytes) and of the disk (by its
-    sha256: the disk is never read again). A bundle still valid for this signer stays as it is,
-    so republishing rewrites nothing; another mode or key replaces it. None in mode none."""
+    sha256: the disk is never read again), each with its provenance attestation. A bundle still
+    valid for this signer (an attestation: that still states the same facts) stays as it is, so
+    republishing rewrites nothing; another mode or key replaces it. None in mode none."""
     _check_same_tarball(image, metadata, disk)
     if signer.mode == SigningMode.NONE:
         return []
-    return [
-        _signed(store, signer, "metadata", metadata.path, lambda: signer.sign_bytes(store.read_bytes(metadata.path))),
-        _signed(store, signer, "disk", disk.path, lambda: signer.sign_digest(disk.sha256)),
-    ]
-
-
-def _signature(store: Store, image: ImageRef, signing: SigningMode, path: str) -> str | None:
-    """The bundle key the record names for `path`, once the bundle is there in the right mode."""
-    if signing == SigningMode.NONE:
-        return None
-    key = bundle_key(path)
-    try:
-        kind = bundle_kind(store.read_bytes(key))
-    except ObjectMissing:
-        raise SigningError(
-            f"{image.label}: {key} is missing (TALOS_SIGNING={signing}); materialize talos_signatures "
-            "for this partition first"
-        ) from None
-    if kind != signing:
-        raise SigningError(
-            f"{image.label}: {key} is a {kind} bundle but TALOS_SIGNING={signing}; rematerialize "
-            "talos_signatures for this partition"
+    builder = builder or Builder.current()
+    evidence = Evidence(release.factory_versions_url, release.factory_versions, disk.schematic_document)
+    files = (
+        ("metadata", metadata.path, metadata.sha256, lambda: signer.sign_bytes(store.read_bytes(metadata.path))),
+        ("disk", disk.path, disk.sha256, lambda: signer.sign_digest(disk.sha256)),
+    )
+    bundles = []
+    for file, path, sha256, sign in files:
+        facts = image_provenance(
+            image, release, file, path, sha256,
+            disk_sha256=disk.sha256, upstream_url=disk.upstream_url, disk_mode=disk.mode,
+            schematic_document=disk.schematic_document,
+        )  # fmt: skip
+        attest = partial(signer.sign_statement, statement(facts, evidence, release, builder))
+        bundles.append(kept_or_signed(store, signer, (file, "signature", path), bundle_key(path), is_signature, sign))
+        bundles.append(
+            kept_or_signed(store, signer, (file, "provenance", path), attestation_key(path), states(facts), attest)
         )
-    return key
+    return bundles
+
+
+def _published(store: Store, image: ImageRef, signing: SigningMode, path: str, sha256: str, size: int) -> PublishedFile:
+    """A file as the record names it: with its signature and attestation when signing is on."""
+    signature = named_bundle(store, image, signing, bundle_key(path), "message")
+    attestation = named_bundle(store, image, signing, attestation_key(path), "dsse")
+    return PublishedFile(path, sha256, size, signature, attestation)
 
 
 def write_record(
@@ -334,7 +303,8 @@ def write_record(
     disk: DiskFacts,
 ) -> ProductRecord:
     """Write the product record once every object it names is stored (and, when signing is on,
-    its bundle is there in the configured mode): the image becomes eligible for the catalog."""
+    its bundle and attestation are there in the configured mode): the image becomes eligible for
+    the catalog."""
     _check_same_tarball(image, metadata, disk)
     record = ProductRecord(
         version=image.version,
@@ -346,10 +316,8 @@ def write_record(
         published_at=release.published_at,
         prerelease=release.prerelease,
         fingerprint=disk.fingerprint,
-        metadata=PublishedFile(
-            metadata.path, metadata.sha256, metadata.size, _signature(store, image, signing, metadata.path)
-        ),
-        disk=PublishedFile(disk.path, disk.sha256, disk.size, _signature(store, image, signing, disk.path)),
+        metadata=_published(store, image, signing, metadata.path, metadata.sha256, metadata.size),
+        disk=_published(store, image, signing, disk.path, disk.sha256, disk.size),
         unified_sha256=disk.unified_sha256,
         unified_size=disk.unified_size,
         disk_mode=disk.mode,
@@ -367,7 +335,7 @@ def publish_record(
     store: Store, signer: Signer, image: ImageRef, release: ReleaseFacts, metadata: PublishedFile, disk: DiskFacts
 ) -> ProductRecord:
     """Both last steps at once (scripts and test fixtures): sign, then write the record."""
-    sign_image(store, signer, image, metadata, disk)
+    sign_image(store, signer, image, release, metadata, disk)
     return write_record(store, signer.mode, image, release, metadata, disk)
 
 

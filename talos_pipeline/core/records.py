@@ -24,6 +24,15 @@ class PublishedFile:
     sha256: str
     size: int
     signature: str | None = None
+    attestation: str | None = None
+    """The provenance attestation `<path>.intoto.sigstore.json` (docs/provenance.md)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Without an absent attestation: a record of an unsigned image keeps its earlier bytes."""
+        body = asdict(self)
+        if body["attestation"] is None:
+            del body["attestation"]
+        return body
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,12 @@ class ProductRecord:
         return self.image.product_key
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": RECORD_SCHEMA, **asdict(self)}
+        return {
+            "schema": RECORD_SCHEMA,
+            **asdict(self),
+            "metadata": self.metadata.to_dict(),
+            "disk": self.disk.to_dict(),
+        }
 
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
@@ -78,4 +92,5 @@ class ProductRecord:
         if self.disk_mode == "mirror":
             keys.append(self.disk.path)
         keys += [f.signature for f in (self.metadata, self.disk) if f.signature]
+        keys += [f.attestation for f in (self.metadata, self.disk) if f.attestation]
         return keys

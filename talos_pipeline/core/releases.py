@@ -17,6 +17,12 @@ class ReleaseFacts:
     published_at: str
     prerelease: bool
     html_url: str = ""
+    factory_versions_url: str = ""
+    """The factory's `/versions` the release was checked against, and its answer (for the provenance)."""
+    factory_versions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "factory_versions", tuple(self.factory_versions))
 
     @property
     def serial(self) -> str:

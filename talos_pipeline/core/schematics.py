@@ -148,12 +148,37 @@ class VariantResolver:
         return resolved
 
 
+def schematic_facts_key(schematic_id: str) -> str:
+    """Where the extensions of a schematic are kept for readers that must not ask the factory
+    (`serve/`'s page). Keyed by id, which is a content hash: written once, never changed."""
+    return f"state/schematics/{schematic_id}.json"
+
+
+def save_schematic_facts(store: Store, schematic_id: str, extensions: Iterable[str]) -> None:
+    body = {"id": schematic_id, "extensions": sorted(set(extensions))}
+    store.put_bytes(schematic_facts_key(schematic_id), (json.dumps(body, sort_keys=True) + "\n").encode())
+
+
+def read_schematic_extensions(store: Store, schematic_id: str) -> tuple[str, ...] | None:
+    """The extensions saved for `schematic_id` (None: nothing saved, or unreadable)."""
+    try:
+        body = json.loads(store.read_bytes(schematic_facts_key(schematic_id)))
+        return tuple(str(name) for name in body["extensions"])
+    except (ObjectMissing, ValueError, KeyError, TypeError):
+        return None
+
+
 def variants_state_key(version: str, arch: str) -> str:
     return f"state/{version}/{arch}/variants.json"
 
 
 def save_variant_ids(store: Store, version: str, arch: str, resolved: Iterable[ResolvedVariant]) -> None:
-    """Remember the schematic ids of this partition's file variants (others keep theirs)."""
+    """Remember the schematic ids of this partition's file variants (others keep theirs), and the
+    extensions of every custom schematic."""
+    resolved = list(resolved)
+    for item in resolved:
+        if not item.variant.is_vanilla:
+            save_schematic_facts(store, item.variant.schematic, item.extensions)
     registered = {r.variant.name: r.variant.schematic for r in resolved if r.variant.schematic_file is not None}
     if not registered:
         return

@@ -42,6 +42,14 @@ class S3UploadMode(StrEnum):
     SPOOL = "spool"
 
 
+class AccessLogFormat(StrEnum):
+    """`TALOS_SERVE_ACCESS_LOG`: one access-log line per response, as text or JSON, or none."""
+
+    PLAIN = "plain"
+    JSON = "json"
+    OFF = "off"
+
+
 Parser = Callable[[str, str], Any]
 E = TypeVar("E", bound=StrEnum)
 
@@ -96,6 +104,35 @@ def parse_non_negative_float(name: str, value: str) -> float:
     if number < 0 or number != number:
         raise ConfigError(f"{name}={value!r} is not valid: use a number of seconds, 0 or more")
     return number
+
+
+def parse_positive_float(name: str, value: str) -> float:
+    number = parse_non_negative_float(name, value)
+    if number == 0:
+        raise ConfigError(f"{name}={value!r} is not valid: use a number of seconds above 0")
+    return number
+
+
+def parse_non_negative_int(name: str, value: str) -> int:
+    text = value.strip()
+    if not text.isdigit():
+        raise ConfigError(f"{name}={value!r} is not valid: use a whole number, 0 or more")
+    return int(text)
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def parse_tokens(name: str, value: str) -> str | None:
+    """Comma-separated bearer tokens, each long enough to be a secret; None when unset."""
+    tokens = [token.strip() for token in value.split(",") if token.strip()]
+    short = [token for token in tokens if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token]
+    if short:
+        raise ConfigError(
+            f"{name}: {len(short)} of the tokens are shorter than {MIN_TOKEN_LENGTH} characters or contain spaces; "
+            "use long random tokens, e.g. `openssl rand -hex 24`"
+        )
+    return ",".join(tokens) or None
 
 
 def choice(enum: type[E]) -> Callable[[str, str], E]:
@@ -222,6 +259,35 @@ SETTINGS: tuple[Setting, ...] = (
         "serve/ re-hashes full downloads from the store and cuts off a corrupted one",
     ),
     Setting(
+        "self_service",
+        "TALOS_SELF_SERVICE",
+        "off",
+        parse_bool,
+        "serve/ accepts POST /requests for self-service variants, and the sensor builds them (docs/self-service.md)",
+    ),
+    Setting(
+        "self_service_tokens",
+        "TALOS_SELF_SERVICE_TOKENS",
+        "",
+        parse_tokens,
+        "comma-separated bearer tokens that may POST /requests (required when TALOS_SELF_SERVICE is on)",
+        secret=True,
+    ),
+    Setting(
+        "self_service_versions",
+        "TALOS_SELF_SERVICE_VERSIONS",
+        "2",
+        parse_positive_int,
+        "a request is built for this many newest stable versions of the catalog (then follows new releases)",
+    ),
+    Setting(
+        "self_service_pending",
+        "TALOS_SELF_SERVICE_PENDING",
+        "3",
+        parse_positive_int,
+        "requests one token may have queued or building at once (beyond: 429)",
+    ),
+    Setting(
         "include_prereleases",
         "TALOS_INCLUDE_PRERELEASES",
         "false",
@@ -289,6 +355,77 @@ SETTINGS: tuple[Setting, ...] = (
         parse_optional_url,
         "the Dagster UI's base URL, for links to failed runs in alerts",
     ),
+    Setting(
+        "serve_head_timeout",
+        "TALOS_SERVE_HEAD_TIMEOUT",
+        "10",
+        parse_positive_float,
+        "serve/: seconds for a complete request head (TLS handshake included); then the connection is closed",
+    ),
+    Setting(
+        "serve_idle_timeout",
+        "TALOS_SERVE_IDLE_TIMEOUT",
+        "5",
+        parse_positive_float,
+        "serve/: seconds a keep-alive connection may wait for its next request",
+    ),
+    Setting(
+        "serve_send_timeout",
+        "TALOS_SERVE_SEND_TIMEOUT",
+        "60",
+        parse_positive_float,
+        "serve/: seconds a client may leave a response unread before it is disconnected",
+    ),
+    Setting(
+        "serve_max_connections",
+        "TALOS_SERVE_MAX_CONNECTIONS",
+        "1024",
+        parse_positive_int,
+        "serve/: connections per worker; beyond it the oldest idle or incomplete one is closed",
+    ),
+    Setting(
+        "serve_max_connections_per_client",
+        "TALOS_SERVE_MAX_CONNECTIONS_PER_CLIENT",
+        "256",
+        parse_non_negative_int,
+        "serve/: connections per client address and worker (0: no cap); beyond it that client's oldest idle one "
+        "is closed. Raise it (or 0) when a reverse proxy or CDN is the only client",
+    ),
+    Setting(
+        "serve_proxy_connections",
+        "TALOS_SERVE_PROXY_CONNECTIONS",
+        "64",
+        parse_positive_int,
+        "serve/ proxy mode: downloads from the factory at once per worker (beyond: 503)",
+    ),
+    Setting(
+        "serve_upstream_timeout",
+        "TALOS_SERVE_UPSTREAM_TIMEOUT",
+        "30",
+        parse_positive_float,
+        "serve/ proxy mode: seconds without a byte from the factory mid-body before the download is cut off",
+    ),
+    Setting(
+        "serve_upstream_first_byte_timeout",
+        "TALOS_SERVE_UPSTREAM_FIRST_BYTE_TIMEOUT",
+        "600",
+        parse_positive_float,
+        "serve/ proxy mode: seconds the factory may take to answer (a cold build)",
+    ),
+    Setting(
+        "serve_access_log",
+        "TALOS_SERVE_ACCESS_LOG",
+        AccessLogFormat.PLAIN,
+        choice(AccessLogFormat),
+        "serve/: access log as plain text lines, JSON lines, or off",
+    ),
+    Setting(
+        "serve_tls_check_seconds",
+        "TALOS_SERVE_TLS_CHECK_SECONDS",
+        "10",
+        parse_positive_float,
+        "serve/: how often the certificate files are checked for renewal (SIGHUP reloads at once)",
+    ),
 )
 SETTING_BY_ENV: dict[str, Setting] = {setting.env: setting for setting in SETTINGS}
 SETTING_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -312,6 +449,10 @@ class Settings:
     disk_mode: DiskMode
     public_url: str | None
     verify_reads: bool
+    self_service: bool
+    self_service_tokens: str | None
+    self_service_versions: int
+    self_service_pending: int
     include_prereleases: bool
     min_version: str
     sensor_interval_seconds: int | None
@@ -323,6 +464,16 @@ class Settings:
     s3_concurrency: int
     alert_webhook: str | None
     dagster_url: str | None
+    serve_head_timeout: float
+    serve_idle_timeout: float
+    serve_send_timeout: float
+    serve_max_connections: int
+    serve_max_connections_per_client: int
+    serve_proxy_connections: int
+    serve_upstream_timeout: float
+    serve_upstream_first_byte_timeout: float
+    serve_access_log: AccessLogFormat
+    serve_tls_check_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -367,6 +518,16 @@ class Settings:
 
     def arch_list(self) -> list[str]:
         return parse_arches(self.arches)
+
+    def token_list(self) -> list[str]:
+        """TALOS_SELF_SERVICE_TOKENS as a list; a ConfigError when self-service is on without any."""
+        tokens = [token for token in (self.self_service_tokens or "").split(",") if token]
+        if self.self_service and not tokens:
+            raise ConfigError(
+                "TALOS_SELF_SERVICE=on needs TALOS_SELF_SERVICE_TOKENS (comma-separated bearer tokens, "
+                "e.g. from `openssl rand -hex 24`)"
+            )
+        return tokens
 
 
 def bound_value(name: str, environ: Mapping[str, str] | None = None) -> Any:

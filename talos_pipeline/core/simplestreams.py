@@ -4,7 +4,7 @@ read back (`read_images`) by `verify`, `prune`, the asset checks and `serve/`.
 Rules checked against Incus 6.0.4 (see docs/incus-simplestreams.md): version
 keys start with `YYYYMMDD`; `aliases` is one comma-separated string; sizes are integers; the
 metadata item carries `combined_disk-kvm-img_sha256`; each alias has exactly one product per
-architecture. Extra fields (`signature`, `unified_*`, `talos_*`) are ignored by Incus.
+architecture. Extra fields (`signature`, `attestation`, `unified_*`, `talos_*`) are ignored by Incus.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def _item(file: PublishedFile, **extra: Any) -> dict[str, Any]:
     item: dict[str, Any] = {"path": file.path, "sha256": file.sha256, "size": int(file.size), **extra}
     if file.signature:
         item["signature"] = file.signature
+    if file.attestation:
+        item["attestation"] = file.attestation
     return item
 
 
@@ -142,12 +144,14 @@ class CatalogFormatError(ValueError):
 
 @dataclass(frozen=True)
 class CatalogItem:
-    """One file an image item names: its store key, sha256, size and (when signed) its bundle."""
+    """One file an image item names: its store key, sha256, size and (when signed) its bundle and
+    its provenance attestation."""
 
     path: str
     sha256: str
     size: int
     signature: str | None
+    attestation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,9 @@ class CatalogImage:
     signing: str
     upstream_path: str | None
     """`talos_upstream_path`: the disk is not in the store (proxy mode)."""
+    platform: str | None
+    schematic: str | None
+    disk_mode: str | None
     factory_path: str | None
     """Where the factory serves this disk (from the product's platform and schematic)."""
 
@@ -180,9 +187,11 @@ class CatalogImage:
         return self.upstream_path is not None
 
     def store_keys(self) -> list[str]:
-        """Every store object this image needs: the files (the disk unless proxied) and bundles."""
+        """Every store object this image needs: the files (the disk unless proxied), bundles and
+        attestations."""
         keys = [self.metadata.path] + ([] if self.proxied else [self.disk.path])
-        return keys + [item.signature for item in (self.metadata, self.disk) if item.signature]
+        keys += [item.signature for item in (self.metadata, self.disk) if item.signature]
+        return keys + [item.attestation for item in (self.metadata, self.disk) if item.attestation]
 
 
 @dataclass
@@ -228,12 +237,13 @@ def _read_item(items: dict[str, Any], ftype: str) -> tuple[dict[str, Any], Catal
     item = next((i for i in items.values() if isinstance(i, dict) and i.get("ftype") == ftype), None)
     if item is None:
         raise ValueError(f"needs one {METADATA_FTYPE} and one {DISK_FTYPE} item")
-    signature = item.get("signature")
+    signature, attestation = item.get("signature"), item.get("attestation")
     return item, CatalogItem(
         path=_key(item.get("path"), f"{ftype} path"),
         sha256=_hex(item.get("sha256"), f"{ftype} sha256"),
         size=_int(item.get("size"), f"{ftype} size"),
         signature=None if signature is None else _key(signature, f"{ftype} signature"),
+        attestation=None if attestation is None else _key(attestation, f"{ftype} attestation"),
     )
 
 
@@ -278,7 +288,14 @@ def _image(product_key: str, product: dict[str, Any], serial: str, items: object
         signing=str(product.get("talos_signing") or "none"),
         upstream_path=upstream,
         factory_path=_factory_path(product, version, str(arch), upstream),
+        platform=_optional_str(product.get("talos_platform")),
+        schematic=_optional_str(product.get("talos_schematic")),
+        disk_mode=_optional_str(product.get("talos_disk_mode")),
     )
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def read_images(data: bytes) -> CatalogReading:

@@ -236,12 +236,15 @@ class FactoryClient:
             raise UpstreamError(f"Image Factory {url}: expected a JSON list of versions, got {_short_body(response)}")
         return versions
 
-    def require_version(self, version: str) -> None:
-        if version not in self.versions():
+    def require_version(self, version: str) -> list[str]:
+        """The `/versions` answer, once it names `version` (the provenance records it)."""
+        versions = self.versions()
+        if version not in versions:
             raise UpstreamError(
                 f"the Image Factory at {self.url} does not offer Talos {version} (not in /versions); "
                 "it lists releases from v1.2.0 on and prereleases of the newest minor only"
             )
+        return versions
 
     def register_schematic(self, document: bytes) -> str:
         """POST a schematic (YAML or JSON) and return its id; posting the same one again is harmless

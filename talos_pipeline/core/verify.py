@@ -1,8 +1,12 @@
 """Re-check a published store from its catalog alone, the way a careful client would.
 
 For every product: each file exists with the catalog's size and sha256 (disks re-hashed in one
-streamed pass that also recomputes the Incus fingerprint and the unified-tarball hash), and each
-Sigstore bundle verifies against the given identity policy or public key.
+streamed pass that also recomputes the Incus fingerprint and the unified-tarball hash, unless the
+verification ledger vouches for the unchanged object, see `verify_ledger.py`), and each Sigstore
+bundle verifies against the given identity policy or public key. With a policy every file must
+carry a bundle that satisfies it: unsigned is a failure, not a note. With `provenance`, each
+file's attestation (docs/provenance.md) must verify under the same policy, be about that file and
+agree with the catalog.
 """
 
 from __future__ import annotations
@@ -14,9 +18,19 @@ from .errors import PipelineError
 from .hashing import ImageDigester, sha256_hex
 from .images import IMAGES_KEY, INDEX_KEY
 from .metadata import layout_for, read_metadata_yaml
-from .signing import SigningError, verify_bundle
-from .simplestreams import CatalogFormatError, CatalogImage, CatalogReading, read_images, read_index_products
+from .provenance import Statement, external_parameters, read_statement
+from .signing import SigningError, verify_attestation, verify_bundle
+from .signing.bundles import public_key_hint
+from .simplestreams import (
+    CatalogFormatError,
+    CatalogImage,
+    CatalogItem,
+    CatalogReading,
+    read_images,
+    read_index_products,
+)
 from .stores import ObjectMissing, Store
+from .verify_ledger import HashedDisk, VerificationLedger
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,23 @@ class VerifyPolicy:
     oidc_issuer: str | None = None
     key_pem: bytes | None = None
     trust_config: str | None = None
+
+    @property
+    def required(self) -> bool:
+        """A policy was given: every file must carry a bundle that satisfies it."""
+        return self.key_pem is not None or bool(self.identity_regexp and self.oidc_issuer)
+
+    def describe(self) -> str:
+        if self.key_pem is not None:
+            return f"--key (public key {_hint(self.key_pem)})"
+        return f"--certificate-identity-regexp {self.identity_regexp!r} --certificate-oidc-issuer {self.oidc_issuer!r}"
+
+
+def _hint(key_pem: bytes) -> str:
+    try:
+        return public_key_hint(key_pem)
+    except SigningError:
+        return "unreadable"
 
 
 @dataclass
@@ -38,6 +69,9 @@ class ProductReport:
 class VerifyReport:
     products: list[ProductReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    disks_hashed: int = 0
+    disks_unchanged: int = 0
+    """Disks the ledger vouched for: not re-read this run."""
 
     @property
     def ok(self) -> bool:
@@ -45,7 +79,10 @@ class VerifyReport:
 
     def summary(self) -> str:
         bad = [p for p in self.products if p.problems]
-        lines = [f"{len(self.products)} products checked, {len(bad)} with problems"]
+        lines = [
+            f"{len(self.products)} products checked, {len(bad)} with problems; disks re-hashed: "
+            f"{self.disks_hashed}, unchanged since the last successful verification: {self.disks_unchanged}"
+        ]
         lines += [f"  problem: {p}" for p in self.problems]
         for product in self.products:
             status = "FAIL" if product.problems else "ok"
@@ -72,23 +109,45 @@ def load_catalog(store: Store) -> CatalogReading:
     return reading
 
 
-def verify_store(store: Store, policy: VerifyPolicy, log: Callable[[str], None] | None = None) -> VerifyReport:
+@dataclass
+class _Run:
+    """One verification: what it checks against, and what it found."""
+
+    store: Store
+    policy: VerifyPolicy
+    provenance: bool
+    ledger: VerificationLedger | None
+    report: VerifyReport
+
+
+def verify_store(
+    store: Store,
+    policy: VerifyPolicy,
+    log: Callable[[str], None] | None = None,
+    *,
+    provenance: bool = False,
+    ledger: VerificationLedger | None = None,
+) -> VerifyReport:
+    """Check everything the catalog names. Disks are re-hashed unless `ledger` vouches for them;
+    the ledger is written back only when nothing was wrong."""
     reading = load_catalog(store)
-    report = VerifyReport(problems=list(reading.problems))
+    run = _Run(store, policy, provenance, ledger, VerifyReport(problems=list(reading.problems)))
     entries: dict[str, ProductReport] = {}
     for image in sorted(reading.images, key=lambda i: (i.product, i.serial)):
         entry = entries.setdefault(image.product, ProductReport(image.product))
         if log:
             log(f"checking {image.product} {image.serial}")
-        _check_image(store, policy, image, entry)
-    report.products = list(entries.values())
-    return report
+        _check_image(run, image, entry)
+    run.report.products = list(entries.values())
+    if ledger is not None and run.report.ok:
+        ledger.save()
+    return run.report
 
 
-def _check_image(store: Store, policy: VerifyPolicy, image: CatalogImage, entry: ProductReport) -> None:
+def _check_image(run: _Run, image: CatalogImage, entry: ProductReport) -> None:
     meta = image.metadata
     try:
-        tarball = store.read_bytes(meta.path)
+        tarball = run.store.read_bytes(meta.path)
     except ObjectMissing:
         entry.problems.append(f"{meta.path} is missing")
         return
@@ -98,51 +157,73 @@ def _check_image(store: Store, policy: VerifyPolicy, image: CatalogImage, entry:
     if image.proxied:
         entry.notes.append("disk is proxied from the Image Factory (proxy mode): not re-hashed here")
     else:
-        _check_disk(store, tarball, image, entry)
-    _check_signatures(store, policy, image, tarball, entry)
+        _check_disk(run, tarball, image, entry)
+    _check_signatures(run, image, tarball, entry)
+    if run.provenance:
+        _check_attestations(run, image, entry)
 
 
-def _check_disk(store: Store, tarball: bytes, image: CatalogImage, entry: ProductReport) -> None:
+def _check_disk(run: _Run, tarball: bytes, image: CatalogImage, entry: ProductReport) -> None:
     disk = image.disk
-    info = store.stat(disk.path)
+    info = run.store.stat(disk.path)
     if info is None:
         entry.problems.append(f"{disk.path} is missing")
         return
     if info.size != disk.size:
         entry.problems.append(f"{disk.path}: {info.size} bytes, the catalog says {disk.size}")
         return
+    claims = HashedDisk(
+        info.etag, info.size, disk.sha256, image.fingerprint, image.unified_sha256, image.metadata.sha256
+    )
+    if run.ledger is not None and run.ledger.vouches_for(disk.path, info, claims):
+        run.report.disks_unchanged += 1
+        entry.notes.append(
+            f"{disk.path}: unchanged since the last successful verification (ETag {info.etag}): not re-hashed"
+        )
+        return
     yaml, mtime = read_metadata_yaml(tarball)
     layout = layout_for(yaml, mtime, disk.size)
     digester = ImageDigester(tarball, layout.prefix, lambda size: layout.suffix)
     try:
-        for chunk in store.iter_range(disk.path):
+        for chunk in run.store.iter_range(disk.path):
             digester.update(chunk)
     except BaseException:
         digester.abandon()
         raise
     digests = digester.finish()
+    run.report.disks_hashed += 1
+    problems = []
     if digests.sha256 != disk.sha256:
-        entry.problems.append(f"{disk.path}: sha256 {digests.sha256} differs from the catalog's {disk.sha256}")
+        problems.append(f"{disk.path}: sha256 {digests.sha256} differs from the catalog's {disk.sha256}")
     if digests.fingerprint != image.fingerprint:
-        entry.problems.append("the Incus fingerprint sha256(incus.tar.xz || disk) differs from the catalog's")
+        problems.append("the Incus fingerprint sha256(incus.tar.xz || disk) differs from the catalog's")
     if digests.unified_sha256 != image.unified_sha256:
-        entry.problems.append("the unified tarball's sha256 differs from the catalog's")
-    if not entry.problems:
-        entry.notes.append(f"fingerprint {digests.fingerprint}")
+        problems.append("the unified tarball's sha256 differs from the catalog's")
+    entry.problems += problems
+    if problems:
+        return
+    entry.notes.append(f"fingerprint {digests.fingerprint}")
+    if run.ledger is not None and run.store.stat(disk.path) == info:
+        run.ledger.confirm(disk.path, claims)
 
 
-def _check_signatures(
-    store: Store, policy: VerifyPolicy, image: CatalogImage, tarball: bytes, entry: ProductReport
-) -> None:
-    if image.signing == "none" and not image.metadata.signature:
+def _check_signatures(run: _Run, image: CatalogImage, tarball: bytes, entry: ProductReport) -> None:
+    policy = run.policy
+    items = ((image.metadata, tarball), (image.disk, image.disk.sha256))
+    if not policy.required and image.signing == "none" and not any(item.signature for item, _ in items):
         entry.notes.append("unsigned (published with TALOS_SIGNING=none)")
         return
-    for item, artifact in ((image.metadata, tarball), (image.disk, image.disk.sha256)):
+    for item, artifact in items:
         if not item.signature:
-            entry.problems.append(f"{item.path}: the catalog names no signature although signing was on")
+            why = (
+                f"{policy.describe()} requires every file to be signed"
+                if policy.required
+                else "signing was on (talos_signing is not none)"
+            )
+            entry.problems.append(f"{item.path}: the catalog names no signature bundle, but {why}")
             continue
         try:
-            bundle = store.read_bytes(item.signature)
+            bundle = run.store.read_bytes(item.signature)
             what = verify_bundle(
                 artifact,
                 bundle,
@@ -156,3 +237,66 @@ def _check_signatures(
             entry.problems.append(f"{item.signature} is missing")
         except SigningError as exc:
             entry.problems.append(f"{item.signature}: {exc}")
+
+
+def _check_attestations(run: _Run, image: CatalogImage, entry: ProductReport) -> None:
+    policy = run.policy
+    items = (("metadata", image.metadata), ("disk", image.disk))
+    if not policy.required and image.signing == "none" and not any(item.attestation for _, item in items):
+        entry.notes.append("no provenance attestations (unsigned)")
+        return
+    for file, item in items:
+        if not item.attestation:
+            entry.problems.append(
+                f"{item.path}: the catalog names no provenance attestation, but --provenance "
+                + (f"with {policy.describe()} " if policy.required else "")
+                + "requires one for every file"
+            )
+            continue
+        try:
+            payload, what = verify_attestation(
+                run.store.read_bytes(item.attestation),
+                key_pem=policy.key_pem,
+                trust_config_path=policy.trust_config,
+                identity_regexp=policy.identity_regexp,
+                oidc_issuer=policy.oidc_issuer,
+            )
+            disagreements = _disagreements(read_statement(payload), image, file, item)
+        except ObjectMissing:
+            entry.problems.append(f"{item.attestation} is missing")
+            continue
+        except SigningError as exc:
+            entry.problems.append(f"{item.attestation}: {exc}")
+            continue
+        if disagreements:
+            entry.problems.append(f"{item.attestation}: " + "; ".join(disagreements))
+        else:
+            entry.notes.append(f"{item.attestation}: {what}; it is about {item.path} and agrees with the catalog")
+
+
+def _disagreements(statement: Statement, image: CatalogImage, file: str, item: CatalogItem) -> list[str]:
+    """Where the statement and the catalog disagree about this file (empty: they agree)."""
+    facts, evidence = statement.facts, statement.evidence
+    found = []
+    if facts.sha256 != item.sha256:
+        found.append(f"its subject is sha256 {facts.sha256}, but {item.path} has sha256 {item.sha256}")
+    expected = {
+        "file": file,
+        "path": item.path,
+        "talosVersion": image.version,
+        "arch": image.arch,
+        "variant": image.variant,
+        "platform": image.platform,
+        "schematic": image.schematic,
+        "diskMode": image.disk_mode,
+        "disk sha256": image.disk.sha256,
+    }
+    stated = external_parameters(facts) | {"disk sha256": facts.disk_sha256}
+    for name, value in expected.items():
+        if value is not None and stated[name] != value:
+            found.append(f"it states {name} {stated[name]!r}, the catalog {value!r}")
+    if evidence.factory_versions and facts.version not in evidence.factory_versions:
+        found.append(f"the factory's /versions answer it records does not list {facts.version}")
+    if image.factory_path and not facts.upstream_url.endswith("/" + image.factory_path):
+        found.append(f"its upstream URL {facts.upstream_url} is not the factory's {image.factory_path}")
+    return found

@@ -20,11 +20,12 @@ import requests
 from pydantic import PrivateAttr
 
 from talos_pipeline.core.discovery import DiscoveryPolicy
+from talos_pipeline.core.selfservice import self_service_variants
 from talos_pipeline.core.settings import SETTING_BY_NAME, DiskMode, Settings, SigningMode
 from talos_pipeline.core.signing import Signer, signer_for
 from talos_pipeline.core.stores import Store, open_store
 from talos_pipeline.core.upstream import FactoryClient, ReleasesClient
-from talos_pipeline.core.variants import Variant
+from talos_pipeline.core.variants import Variant, select_variants
 
 Log = Callable[[str], None]
 WEBHOOK_TIMEOUT = 10.0
@@ -99,14 +100,31 @@ class TalosDiscovery(_SettingsResource):
 
 
 class TalosImages(_SettingsResource):
-    """Which images each partition produces, and whether disks are mirrored or proxied."""
+    """Which images each partition produces, and whether disks are mirrored or proxied.
+
+    Besides the configured variants (`TALOS_VARIANTS`, built by default), a run may select the
+    self-service variants users requested (`TALOS_SELF_SERVICE`), which live in the store so every
+    process sees the same set (docs/self-service.md)."""
 
     arches: str | None = None
     variants: str | None = None
     disk_mode: str | None = None
+    store: str | None = None
+    self_service: str | None = None
+    self_service_versions: str | None = None
 
     def variant_list(self) -> list[Variant]:
         return self.settings().variant_list()
+
+    def select(self, names: list[str]) -> list[Variant]:
+        """The variants a run builds: the configured ones, or those `names` selects among the
+        configured and the self-service variants."""
+        configured = self.variant_list()
+        extra = [name for name in names if name not in {v.name for v in configured}]
+        if not extra:
+            return select_variants(configured, names)
+        settings = self.settings()
+        return select_variants(configured + self_service_variants(open_store(settings.store, settings), extra), names)
 
     def arch_list(self) -> list[str]:
         return self.settings().arch_list()
@@ -170,7 +188,9 @@ def _resources(value: Callable[[str], Any]) -> dict[str, dg.ConfigurableResource
         "talos_store": TalosStore(**fields("store")),
         "talos_upstream": TalosUpstream(**fields("releases_url", "factory_url", "github_token")),
         "talos_discovery": TalosDiscovery(**fields("include_prereleases", "min_version")),
-        "talos_images": TalosImages(**fields("arches", "variants", "disk_mode")),
+        "talos_images": TalosImages(
+            **fields("arches", "variants", "disk_mode", "store", "self_service", "self_service_versions")
+        ),
         "talos_signing": TalosSigning(**fields("signing", "signing_key", "signing_key_password", "trust_config")),
         "talos_alerts": TalosAlerts(**fields("alert_webhook", "dagster_url")),
     }

@@ -9,7 +9,8 @@ One HTTP server on 127.0.0.1 (random port) serves:
 - ``POST /api/v2/signingCert``: Fulcio. Verifies the JWT (signature, issuer, audience, expiry)
   and the CSR's proof of possession, then issues a short-lived leaf with the GitHub SAN, the
   Fulcio extensions and an embedded precertificate SCT. Refusals are 4xx JSON.
-- ``POST /api/v1/log/entries`` / ``GET /api/v1/log``: Rekor v1 (hashedrekord 0.0.1) with a
+- ``POST /api/v1/log/entries`` / ``GET /api/v1/log``: Rekor v1 (hashedrekord 0.0.1 for
+  signatures, dsse 0.0.1 for in-toto attestations) with a
   real RFC 6962 Merkle tree, inclusion proofs, a signed checkpoint whose origin is the log
   URL's ``host:port`` and a signed entry timestamp over RFC 8785 canonical JSON.
 
@@ -419,12 +420,24 @@ class FakeSigstore:
     def _create_entry(self, body: bytes) -> tuple[str, dict[str, Any]]:
         try:
             proposed = json.loads(body)
-            if proposed.get("kind") != "hashedrekord" or proposed.get("apiVersion") != "0.0.1":
-                raise _Refusal(
-                    400,
-                    f"unsupported entry type {proposed.get('kind')}/{proposed.get('apiVersion')}:"
-                    " this fake only accepts hashedrekord 0.0.1",
-                )
+            kind = (proposed.get("kind"), proposed.get("apiVersion"))
+        except (ValueError, AttributeError) as exc:
+            raise _Refusal(400, f"malformed entry: {exc}") from exc
+        if kind == ("hashedrekord", "0.0.1"):
+            canonical = self._hashedrekord_body(proposed)
+        elif kind == ("dsse", "0.0.1"):
+            canonical = self._dsse_body(proposed)
+        else:
+            raise _Refusal(
+                400,
+                f"unsupported entry type {kind[0]}/{kind[1]}: this fake accepts hashedrekord 0.0.1 and dsse 0.0.1",
+            )
+        return self._append(canonical)
+
+    @staticmethod
+    def _hashedrekord_body(proposed: dict[str, Any]) -> bytes:
+        """Check a hashedrekord 0.0.1 proposal (signature over the digest) and return its canonical body."""
+        try:
             spec = proposed["spec"]
             algorithm = spec["data"]["hash"]["algorithm"]
             digest_hex = spec["data"]["hash"]["value"]
@@ -441,15 +454,12 @@ class FakeSigstore:
             raise
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise _Refusal(400, f"malformed hashedrekord entry: {exc}") from exc
-        key = cert.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise _Refusal(400, "only ECDSA verification material is supported by this fake")
+        key = _ecdsa_key(cert)
         try:
             key.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
         except InvalidSignature as exc:
             raise _Refusal(400, "signature does not verify against the supplied digest") from exc
-
-        canonical = rfc8785.dumps(
+        return rfc8785.dumps(
             {
                 "apiVersion": "0.0.1",
                 "kind": "hashedrekord",
@@ -462,6 +472,56 @@ class FakeSigstore:
                 },
             }
         )
+
+    @staticmethod
+    def _dsse_body(proposed: dict[str, Any]) -> bytes:
+        """Check a dsse 0.0.1 proposal (each envelope signature over the DSSE pre-authentication
+        encoding, by one of the verifiers) and return the canonical body Rekor stores: the
+        envelope's and the payload's sha256 and the signatures with their verifiers, no envelope."""
+        try:
+            content = proposed["spec"]["proposedContent"]
+            envelope_text = content["envelope"]
+            envelope = json.loads(envelope_text)
+            payload = base64.b64decode(envelope["payload"], validate=True)
+            payload_type = envelope["payloadType"]
+            signatures = [(s["sig"], base64.b64decode(s["sig"], validate=True)) for s in envelope["signatures"]]
+            verifiers = [
+                (text, x509.load_pem_x509_certificate(base64.b64decode(text, validate=True)))
+                for text in content["verifiers"]
+            ]
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise _Refusal(400, f"malformed dsse entry: {exc}") from exc
+        if not signatures or not verifiers:
+            raise _Refusal(400, "a dsse entry needs at least one signature and one verifier")
+        pae = b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload), payload)
+        logged = []
+        for signature_b64, signature in signatures:
+            for verifier_b64, cert in verifiers:
+                try:
+                    _ecdsa_key(cert).verify(signature, pae, ec.ECDSA(hashes.SHA256()))
+                except InvalidSignature:
+                    continue
+                logged.append({"signature": signature_b64, "verifier": verifier_b64})
+                break
+            else:
+                raise _Refusal(400, "an envelope signature does not verify with any of the verifiers")
+        return rfc8785.dumps(
+            {
+                "apiVersion": "0.0.1",
+                "kind": "dsse",
+                "spec": {
+                    "envelopeHash": {
+                        "algorithm": "sha256",
+                        "value": hashlib.sha256(envelope_text.encode()).hexdigest(),
+                    },
+                    "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
+                    "signatures": logged,
+                },
+            }
+        )
+
+    def _append(self, canonical: bytes) -> tuple[str, dict[str, Any]]:
+        """Log a canonical entry body: inclusion proof, checkpoint and signed entry timestamp."""
         log_id = key_id(self.pki.rekor_key.public_key()).hex()
         with self._lock:
             entry_uuid = hashlib.sha256(b"\x00" + canonical).hexdigest()
@@ -500,6 +560,13 @@ class FakeSigstore:
             self._entries[entry_uuid] = entry
             self.counters.rekor_entries += 1
         return entry_uuid, {entry_uuid: entry}
+
+
+def _ecdsa_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise _Refusal(400, "only ECDSA verification material is supported by this fake")
+    return key
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -3,7 +3,9 @@
 Every published file `X` gets `X.sigstore.json` next to it, in the standard bundle format that
 `cosign verify-blob --bundle` reads; large files are signed by their precomputed sha256, never
 read again. Modules: `base` (the `Signer` contract, `NoSigner`), `keyless`, `key`, `bundles`
-(the format), `verification`. Background: `docs/sigstore.md`.
+(the format), `verification`. The same signers sign the provenance attestations (in-toto
+statements as DSSE bundles, `X.intoto.sigstore.json`). Background: `docs/sigstore.md`,
+`docs/provenance.md`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from .base import ENV_KEY, ENV_MODE, NoSigner, Signer
 from .bundles import bundle_kind
 from .key import KeySigner, generate_key_pair
 from .keyless import SigstoreSigner
-from .verification import verify_bundle
+from .verification import verify_attestation, verify_bundle
 
 __all__ = [
     "KeySigner",
@@ -28,6 +30,7 @@ __all__ = [
     "generate_key_pair",
     "make_signer",
     "signer_for",
+    "verify_attestation",
     "verify_bundle",
 ]
 

@@ -2,8 +2,10 @@
 
 Every published file `X` gets `X.sigstore.json` next to it (see `core/media.py`); `make_signer`
 (in `__init__.py`) picks the implementation for `TALOS_SIGNING`: `keyless.SigstoreSigner`,
-`key.KeySigner` or `NoSigner`. Signatures are not deterministic, so `would_keep` decides whether
-an existing bundle of an unchanged file can stay (republishing then rewrites nothing).
+`key.KeySigner` or `NoSigner`. The same signer signs the provenance attestations (in-toto
+statements in DSSE envelopes, `<file>.intoto.sigstore.json`, see docs/provenance.md).
+Signatures are not deterministic, so `would_keep` decides whether an existing bundle of an
+unchanged file can stay (republishing then rewrites nothing).
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class Signer(ABC):
         """Sign an artifact by its precomputed sha256 (hex, optionally ``sha256:``-prefixed)."""
 
     @abstractmethod
+    def sign_statement(self, statement: bytes) -> bytes | None:
+        """Sign an in-toto statement (its exact JSON bytes) as a DSSE envelope in a bundle."""
+
+    @abstractmethod
     def describe(self) -> str:
         """One line for logs: what kind of signature, by whom, verified how."""
 
@@ -92,6 +98,9 @@ class NoSigner(Signer):
 
     def sign_digest(self, sha256_hex: str) -> None:
         normalize_digest(sha256_hex)
+        return None
+
+    def sign_statement(self, statement: bytes) -> None:
         return None
 
     def describe(self) -> str:

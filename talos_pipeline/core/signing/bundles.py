@@ -2,7 +2,9 @@
 
 Keyless bundles come from sigstore-python; key-mode bundles carry a public-key hint instead of
 a certificate and no transparency-log entry, exactly what `cosign sign-blob --key k
---new-bundle-format --tlog-upload=false` writes (see `docs/sigstore.md`).
+--new-bundle-format --tlog-upload=false` writes (see `docs/sigstore.md`). A bundle holds either
+a `messageSignature` (a file's signature) or a `dsseEnvelope` (a signed in-toto statement, what
+`cosign attest-blob` writes; see `docs/provenance.md`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import SigningError
 from ..media import BUNDLE_MEDIA_TYPE
+
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+"""The DSSE payload type of an in-toto statement."""
 
 
 def public_key_hint(public_key: ec.EllipticCurvePublicKey | bytes | str) -> str:
@@ -61,6 +66,54 @@ def bundle_kind(bundle_json: bytes | str) -> str:
     if "certificate" in material or "x509CertificateChain" in material:
         return "sigstore"
     raise SigningError("the bundle has neither a certificate nor a public-key hint in verificationMaterial")
+
+
+def bundle_content(bundle_json: bytes | str) -> str:
+    """``"dsse"`` (a signed in-toto statement) or ``"message"`` (a file's signature)."""
+    bundle = parse_bundle(bundle_json)
+    if "dsseEnvelope" in bundle:
+        return "dsse"
+    if "messageSignature" in bundle:
+        return "message"
+    raise SigningError("the bundle holds neither a messageSignature nor a dsseEnvelope")
+
+
+def dsse_pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what an envelope signature signs."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def dsse_envelope(bundle_json: bytes | str) -> tuple[str, bytes, bytes]:
+    """(payload type, payload, signature) of a DSSE bundle, NOT verified: for comparisons only."""
+    envelope: Any = parse_bundle(bundle_json).get("dsseEnvelope")
+    try:
+        (signature,) = envelope["signatures"]
+        return (
+            str(envelope["payloadType"]),
+            base64.b64decode(envelope["payload"], validate=True),
+            base64.b64decode(signature["sig"], validate=True),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SigningError(
+            f"malformed DSSE envelope: needs payloadType, payload and exactly one signature ({exc!r})"
+        ) from exc
+
+
+def key_dsse_bundle(hint: str, payload: bytes, signature: bytes) -> bytes:
+    """A key-mode DSSE bundle: the public-key hint and the envelope (an in-toto statement and the
+    DER ECDSA signature over its pre-authentication encoding), as `cosign attest-blob --key k
+    --new-bundle-format --tlog-upload=false` writes it."""
+    bundle = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": hint}, "tlogEntries": []},
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(signature).decode()}],
+        },
+    }
+    return json.dumps(bundle, indent=2).encode() + b"\n"
 
 
 def key_bundle(hint: str, digest: bytes, signature: bytes) -> bytes:

@@ -19,7 +19,7 @@ from ..errors import SigningError
 from ..media import BUNDLE_SUFFIX
 from ..settings import SigningMode
 from .base import ENV_KEY, ENV_KEY_PASSWORD, Signer, normalize_digest
-from .bundles import key_bundle, parse_bundle, public_key_hint
+from .bundles import IN_TOTO_PAYLOAD_TYPE, dsse_pae, key_bundle, key_dsse_bundle, parse_bundle, public_key_hint
 
 
 class KeySigner(Signer):
@@ -91,6 +91,10 @@ class KeySigner(Signer):
         digest = bytes.fromhex(normalize_digest(sha256_hex))
         signature = self._key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
         return key_bundle(self.hint, digest, signature)
+
+    def sign_statement(self, statement: bytes) -> bytes:
+        signature = self._key.sign(dsse_pae(IN_TOTO_PAYLOAD_TYPE, statement), ec.ECDSA(hashes.SHA256()))
+        return key_dsse_bundle(self.hint, statement, signature)
 
     def describe(self) -> str:
         return (

@@ -1,5 +1,6 @@
 """Keyless signing (`TALOS_SIGNING=sigstore`): an ambient OIDC token, one short-lived Fulcio
-certificate per run, every signature logged in Rekor v1 (readable by cosign 2.4 and later).
+certificate per run, every signature logged in Rekor v1 (readable by cosign 2.4 and later):
+file signatures as hashedrekord entries, provenance attestations (DSSE) as dsse entries.
 
 Users verify with `cosign verify-blob --bundle X.sigstore.json --certificate-identity-regexp
 '^https://github.com/ORG/REPO/' --certificate-oidc-issuer https://token.actions.githubusercontent.com X`
@@ -12,12 +13,16 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
+from sigstore.dsse import Statement
+from sigstore.errors import Error as SigstoreError
 from sigstore.hashes import Hashed
+from sigstore.models import Bundle as SigstoreBundle
 from sigstore.models import ClientTrustConfig
 from sigstore.oidc import IdentityError, IdentityToken, detect_credential
 from sigstore.sign import Signer as SigningSession
@@ -221,7 +226,8 @@ class SigstoreSigner(Signer):
 
     # -- signing --------------------------------------------------------------------------
 
-    def _sign(self, payload: bytes | Hashed, what: str) -> bytes:
+    def _sign(self, sign: Callable[[SigningSession], SigstoreBundle], what: str) -> bytes:
+        """Run `sign` with the session, renewing the certificate when it is about to expire."""
         with self._lock:
             if (
                 self._signer is not None
@@ -232,13 +238,13 @@ class SigstoreSigner(Signer):
                 self.close()
             session = self._session()
             try:
-                bundle = session.sign_artifact(payload)
+                bundle = sign(session)
             except Exception as exc:
                 if type(exc).__name__ == "ExpiredCertificate":
                     self.close()
                     session = self._session()
                     try:
-                        bundle = session.sign_artifact(payload)
+                        bundle = sign(session)
                     except Exception as exc2:
                         raise SigningError(
                             f"Sigstore signing of {what} failed: " + _explain(exc2, "Rekor", self._rekor_url)
@@ -253,12 +259,21 @@ class SigstoreSigner(Signer):
             return bundle.to_json().encode()
 
     def sign_bytes(self, data: bytes) -> bytes:
-        return self._sign(data, f"{len(data)} bytes (sha256 {hashlib.sha256(data).hexdigest()})")
+        what = f"{len(data)} bytes (sha256 {hashlib.sha256(data).hexdigest()})"
+        return self._sign(lambda session: session.sign_artifact(data), what)
 
     def sign_digest(self, sha256_hex: str) -> bytes:
         hex_digest = normalize_digest(sha256_hex)
         hashed = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(hex_digest))
-        return self._sign(hashed, f"sha256:{hex_digest}")
+        return self._sign(lambda session: session.sign_artifact(hashed), f"sha256:{hex_digest}")
+
+    def sign_statement(self, statement: bytes) -> bytes:
+        try:
+            parsed = Statement(statement)
+        except SigstoreError as exc:
+            raise SigningError(f"not an in-toto statement sigstore can sign: {exc}") from exc
+        what = f"an in-toto statement (sha256 {hashlib.sha256(statement).hexdigest()})"
+        return self._sign(lambda session: session.sign_dsse(parsed), what)
 
     def describe(self) -> str:
         who = (

@@ -1,6 +1,8 @@
-"""Verifying bundles the way `cosign verify-blob` does: a public key for key-mode bundles, an
-identity regexp and an OIDC issuer (checked by the real sigstore verifier against a trusted
-root) for keyless ones. The policies and the certificate fields read are in `docs/sigstore.md`.
+"""Verifying bundles the way `cosign verify-blob` (and, for attestations, `cosign
+verify-blob-attestation`) does: a public key for key-mode bundles, an identity regexp and an
+OIDC issuer (checked by the real sigstore verifier against a trusted root) for keyless ones.
+The policies and the certificate fields read are in `docs/sigstore.md`; attestations in
+`docs/provenance.md`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from sigstore_models.common.v1 import HashAlgorithm
 
 from ..errors import SigningError
 from .base import GITHUB_ACTIONS_ISSUER, normalize_digest
-from .bundles import bundle_kind, load_public_key, parse_bundle, public_key_hint
+from .bundles import (
+    IN_TOTO_PAYLOAD_TYPE,
+    bundle_content,
+    bundle_kind,
+    dsse_envelope,
+    dsse_pae,
+    load_public_key,
+    parse_bundle,
+    public_key_hint,
+)
 
 _OID_ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 _OID_ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
@@ -173,13 +184,25 @@ def verify_bundle(
     else:
         raise SigningError(f"artifact must be bytes or a sha256 hex string, not {type(artifact).__name__}")
 
-    kind = bundle_kind(bundle_json)
-    if kind == "key":
+    policy = _policy_for(bundle_json, key_pem, identity_regexp, oidc_issuer)
+    if not isinstance(policy, tuple):
+        return _verify_key_bundle(hex_digest, what, parse_bundle(bundle_json), policy)
+    return _verify_keyless(
+        hex_digest, artifact, what, bundle_json, trust_config_path, trusted_root_path, *policy
+    )  # fmt: skip
+
+
+def _policy_for(
+    bundle_json: bytes | str, key_pem: bytes | str | None, identity_regexp: str | None, oidc_issuer: str | None
+) -> bytes | str | tuple[str, str]:
+    """What verifies this bundle: the public key (a key-mode bundle) or the identity regexp and
+    OIDC issuer (a keyless one); refused when the policy given does not fit the bundle's kind."""
+    if bundle_kind(bundle_json) == "key":
         if key_pem is None:
             raise SigningError(
                 "this is a key-mode bundle (public-key hint, no certificate): pass the public key to verify it"
             )
-        return _verify_key_bundle(hex_digest, what, parse_bundle(bundle_json), key_pem)
+        return key_pem
     if key_pem is not None:
         raise SigningError(
             "this is a keyless bundle (Fulcio certificate), not signed with a key: verify it with "
@@ -191,10 +214,7 @@ def verify_bundle(
             "'^https://github.com/ORG/REPO/') and an OIDC issuer (e.g. "
             f"'{GITHUB_ACTIONS_ISSUER}')"
         )
-    return _verify_keyless(
-        hex_digest, artifact, what, bundle_json, trust_config_path, trusted_root_path,
-        identity_regexp, oidc_issuer,
-    )  # fmt: skip
+    return identity_regexp, oidc_issuer
 
 
 def _verify_key_bundle(hex_digest: str, what: str, bundle: dict[str, Any], key_pem: bytes | str) -> str:
@@ -228,6 +248,50 @@ def _verify_key_bundle(hex_digest: str, what: str, bundle: dict[str, Any], key_p
     )
 
 
+def _keyless_setup(
+    bundle_json: bytes | str,
+    trust_config_path: str | os.PathLike[str] | None,
+    trusted_root_path: str | os.PathLike[str] | None,
+    identity_regexp: str,
+    oidc_issuer: str,
+) -> tuple[_IdentityPolicy, Verifier, str, Bundle]:
+    """The identity policy, a verifier on the trusted root (and where it came from), the bundle."""
+    try:
+        policy = _IdentityPolicy(identity_regexp, oidc_issuer)
+    except re.error as exc:
+        raise SigningError(f"invalid identity regexp {identity_regexp!r}: {exc}") from exc
+    trusted_root, root_source = _load_trusted_root(trust_config_path, trusted_root_path)
+    try:
+        bundle = Bundle.from_json(bundle_json)
+    except Exception as exc:
+        raise SigningError(f"the bundle is not a valid Sigstore bundle: {exc}") from exc
+    return policy, Verifier(trusted_root=trusted_root), root_source, bundle
+
+
+def _keyless_failure(exc: Exception, what: str, root_source: str) -> SigningError:
+    """What a failed sigstore verification means, in the words `talos-pipeline verify` prints."""
+    if not isinstance(exc, SigstoreError):
+        return SigningError(f"bundle verification failed: {type(exc).__name__}: {exc}")
+    message = str(exc)
+    lowered = message.lower()
+    if "digest mismatch" in lowered or "signature is invalid for input" in lowered or "dsse: invalid" in lowered:
+        return SigningError(f"signature does not match {what}: {message}")
+    if "certificate chain" in lowered:
+        return SigningError(f"the signing certificate does not chain to the trusted root {root_source}: {message}")
+    return SigningError(f"bundle verification failed: {message}")
+
+
+def _keyless_summary(bundle_json: bytes | str, policy: _IdentityPolicy, root_source: str) -> str:
+    tlog = (json.loads(bundle_json).get("verificationMaterial") or {}).get("tlogEntries") or [{}]
+    log_index = tlog[0].get("logIndex", "?")
+    integrated = tlog[0].get("integratedTime")
+    when = datetime.fromtimestamp(int(integrated), tz=UTC).isoformat() if integrated else "unknown time"
+    return (
+        f"identity {policy.matched_identity} (matches {policy.identity_regexp!r}), OIDC issuer "
+        f"{policy.issuer}, Rekor log index {log_index} integrated at {when}, trust root {root_source}"
+    )
+
+
 def _verify_keyless(
     hex_digest: str,
     artifact: bytes | str,
@@ -238,43 +302,68 @@ def _verify_keyless(
     identity_regexp: str,
     oidc_issuer: str,
 ) -> str:
-
-    try:
-        policy = _IdentityPolicy(identity_regexp, oidc_issuer)
-    except re.error as exc:
-        raise SigningError(f"invalid identity regexp {identity_regexp!r}: {exc}") from exc
-    trusted_root, root_source = _load_trusted_root(trust_config_path, trusted_root_path)
-    try:
-        bundle = Bundle.from_json(bundle_json)
-    except Exception as exc:
-        raise SigningError(f"the bundle is not a valid Sigstore bundle: {exc}") from exc
+    policy, verifier, root_source, bundle = _keyless_setup(
+        bundle_json, trust_config_path, trusted_root_path, identity_regexp, oidc_issuer
+    )
     subject: bytes | Hashed
     if isinstance(artifact, bytes):
         subject = artifact
     else:
         subject = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(hex_digest))
     try:
-        verifier = Verifier(trusted_root=trusted_root)
         verifier.verify_artifact(subject, bundle, policy)
-    except SigstoreError as exc:
-        message = str(exc)
-        lowered = message.lower()
-        if "digest mismatch" in lowered or "signature is invalid for input" in lowered:
-            raise SigningError(f"signature does not match {what}: {message}") from exc
-        if "certificate chain" in lowered:
-            raise SigningError(
-                f"the signing certificate does not chain to the trusted root {root_source}: {message}"
-            ) from exc
-        raise SigningError(f"bundle verification failed: {message}") from exc
     except Exception as exc:
-        raise SigningError(f"bundle verification failed: {type(exc).__name__}: {exc}") from exc
+        raise _keyless_failure(exc, what, root_source) from exc
+    return f"verified keyless Sigstore signature over {what}: " + _keyless_summary(bundle_json, policy, root_source)
 
-    tlog = (json.loads(bundle_json).get("verificationMaterial") or {}).get("tlogEntries") or [{}]
-    log_index = tlog[0].get("logIndex", "?")
-    integrated = tlog[0].get("integratedTime")
-    when = datetime.fromtimestamp(int(integrated), tz=UTC).isoformat() if integrated else "unknown time"
-    return (
-        f"verified keyless Sigstore signature over {what}: identity {policy.matched_identity} "
-        f"(matches {identity_regexp!r}), OIDC issuer {policy.issuer}, Rekor log index "
-        f"{log_index} integrated at {when}, trust root {root_source}"
-    )
+
+def verify_attestation(
+    bundle_json: bytes | str,
+    *,
+    key_pem: bytes | str | None = None,
+    trust_config_path: str | os.PathLike[str] | None = None,
+    trusted_root_path: str | os.PathLike[str] | None = None,
+    identity_regexp: str | None = None,
+    oidc_issuer: str | None = None,
+) -> tuple[bytes, str]:
+    """Verify a DSSE bundle (a signed in-toto statement) under the same policy as `verify_bundle`;
+    return the statement's exact bytes and what was verified, or raise `SigningError`.
+
+    Only the envelope is checked here: whether the statement's subject is the right file is the
+    caller's question (`core/provenance.py`).
+    """
+    if bundle_content(bundle_json) != "dsse":
+        raise SigningError("not an attestation: the bundle holds a file signature, not a DSSE envelope")
+    chosen = _policy_for(bundle_json, key_pem, identity_regexp, oidc_issuer)
+    if not isinstance(chosen, tuple):
+        payload_type, payload, summary = _verify_key_dsse(bundle_json, chosen)
+    else:
+        policy, verifier, root_source, bundle = _keyless_setup(
+            bundle_json, trust_config_path, trusted_root_path, *chosen
+        )
+        try:
+            payload_type, payload = verifier.verify_dsse(bundle, policy)
+        except Exception as exc:
+            raise _keyless_failure(exc, "the attestation's statement", root_source) from exc
+        summary = "keyless Sigstore signature: " + _keyless_summary(bundle_json, policy, root_source)
+    if payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise SigningError(f"the DSSE payload is {payload_type!r}, not an in-toto statement ({IN_TOTO_PAYLOAD_TYPE})")
+    return payload, f"verified attestation ({summary})"
+
+
+def _verify_key_dsse(bundle_json: bytes | str, key_pem: bytes | str) -> tuple[str, bytes, str]:
+    public_key = load_public_key(key_pem)
+    our_hint = public_key_hint(public_key)
+    payload_type, payload, signature = dsse_envelope(bundle_json)
+    hint = (parse_bundle(bundle_json).get("verificationMaterial") or {}).get("publicKey", {}).get("hint")
+    try:
+        public_key.verify(signature, dsse_pae(payload_type, payload), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        if hint and hint != our_hint:
+            raise SigningError(
+                f"the attestation was signed with the key {hint}, not with the given public key {our_hint}"
+            ) from exc
+        raise SigningError(
+            f"signature does not match the attestation's statement under the public key {our_hint}"
+        ) from exc
+    return payload_type, payload, f"key-mode signature, NOT keyless, public key {our_hint}"

@@ -23,7 +23,6 @@ from talos_pipeline.core.publish import (
 from talos_pipeline.core.releases import ReleaseFacts
 from talos_pipeline.core.schematics import VariantResolver, registered_variants, save_variant_ids
 from talos_pipeline.core.stores import Store
-from talos_pipeline.core.variants import select_variants
 from talos_pipeline.core.versions import parse_timestamp
 
 from ..failures import step_failure
@@ -74,7 +73,7 @@ def selected_images(
     schematic-file variants carry the id `talos_release` registered (steps that talk to the
     factory or write records need it; signing does not)."""
     version, arch = version_and_arch(context)
-    variants = select_variants(images.variant_list(), config.variants)
+    variants = images.select(config.variants)
     if store is not None:
         variants = registered_variants(store, version, arch, variants)
     return [ImageRef(version, arch, v) for v in variants]
@@ -114,7 +113,7 @@ def talos_release(
             facts = discover_release(talos_upstream.releases(context.log.warning), factory, version)
         else:
             factory.require_version(version)
-        variants = select_variants(talos_images.variant_list(), config.variants)
+        variants = talos_images.select(config.variants)
         resolved = VariantResolver(factory).for_version(variants, version)
         save_release(store, arch, facts)
         save_variant_ids(store, version, arch, resolved)

@@ -24,6 +24,11 @@ def publish_run_config(release: ReleaseFacts | None = None, variants: list[str] 
     return {"ops": ops}
 
 
+def variant_selection(names: list[str]) -> dict[str, Any]:
+    """Run config of `publish_images` that builds the variants `names` (the assets' `ImageSelection`)."""
+    return publish_run_config(None, names)
+
+
 publish_images_job = dg.define_asset_job(
     "publish_images",
     selection=dg.AssetSelection.assets(*per_image_assets),

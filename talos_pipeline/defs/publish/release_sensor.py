@@ -24,6 +24,7 @@ from talos_pipeline.core.upstream import RateLimited
 
 from ..partitions import TALOS_VERSIONS, image_partition_key, talos_versions
 from ..resources import TalosDiscovery, TalosImages, TalosUpstream
+from ..selfservice.sensor import follow_new_releases
 from .jobs import publish_images_job, publish_run_config
 
 RELEASE_SENSOR = "talos_release_sensor"
@@ -141,7 +142,8 @@ def release_sensor_tick(
             )
             for version in new
             for arch in arches
-        ],
+        ]
+        + follow_new_releases(talos_images, talos_upstream.factory(context.log.warning), new, arches, context.log.info),
         cursor=next_cursor.dumps(),
     )
 

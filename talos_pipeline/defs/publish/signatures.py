@@ -1,8 +1,9 @@
-"""Sigstore (cosign-compatible) bundles of each image's files, as a step of their own.
+"""Sigstore (cosign-compatible) bundles of each image's files and their provenance
+attestations (in-toto statements as DSSE bundles, docs/provenance.md), as a step of their own.
 
 Signing reads only what the earlier steps left in the store (the metadata tarball, a few
-hundred bytes, and the disk's sha256 from its facts): re-running it after a key rotation or
-after turning signing on downloads nothing. Materialize `talos_signatures` and `talos_image`
+hundred bytes, the disk's facts and the release's facts): re-running it after a key rotation or
+after turning signing on downloads nothing and re-attests too. Materialize `talos_signatures` and `talos_image`
 (the `sign_images` job) for the partitions to re-sign, and the catalog follows.
 """
 
@@ -21,10 +22,20 @@ from .assets import GROUP, ImageSelection, selected_images, talos_disk_image
 BUNDLE_COLUMNS = [
     column("variant"),
     column("file", description="metadata (the incus.tar.xz, signed by content) or disk (signed by its sha256)"),
-    column("bundle", description="object key of the Sigstore bundle: <file>.sigstore.json"),
+    column(
+        "content",
+        description="signature (<file>.sigstore.json) or provenance (<file>.intoto.sigstore.json, a signed in-toto "
+        "SLSA provenance statement)",
+    ),
+    column("bundle", description="object key of the Sigstore bundle"),
     column("kind", description="keyless (Fulcio certificate, Rekor entry) or key (public-key hint)"),
     column("signer", description="the certificate's identity, or the public key's hint"),
-    column("kept", "bool", description="true: the existing bundle is still valid for this signer and stays"),
+    column(
+        "kept",
+        "bool",
+        description="true: the existing bundle is still valid for this signer (an attestation: still states the "
+        "same facts) and stays",
+    ),
 ]
 
 
@@ -42,7 +53,8 @@ def talos_signatures(
     talos_signing: TalosSigning,
 ) -> dg.MaterializeResult:
     """Sigstore bundles (`cosign verify-blob --bundle`) of each variant's metadata tarball and disk,
-    by digest; bundles still valid for this signer are kept, so republishing rewrites nothing."""
+    by digest, and their provenance attestations (`cosign verify-blob-attestation`); bundles still
+    valid for this signer are kept, so republishing rewrites nothing."""
     store = talos_store.open()
     rows, digests = [], []
     try:
@@ -50,12 +62,13 @@ def talos_signatures(
         for image in selected_images(context, talos_images, config):
             release = load_release(store, image.version, image.arch)
             disk = load_disk_facts(store, image)
-            for bundle in sign_image(store, signer, image, expected_metadata(image, release), disk):
+            for bundle in sign_image(store, signer, image, release, expected_metadata(image, release), disk):
                 digests.append(bundle.sha256)
                 rows.append(
                     {
                         "variant": image.variant.name,
                         "file": bundle.file,
+                        "content": bundle.content,
                         "bundle": bundle.key,
                         "kind": bundle.kind,
                         "signer": bundle.signer,
