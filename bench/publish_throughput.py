@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MIB, VENV_BIN, Row, append_output, print_table, run_timed
-from bench.stats import Sample, rate, times
+from bench.stats import Sample, medians_of, rate, times
 from talos_pipeline.simulator import UpstreamSimulator
 
 VERSION = "v1.12.0"
@@ -143,7 +143,7 @@ def main() -> int:
             + ("flat" if growth < allowed else f"GROWS (more than {allowed:.0f} MiB)"),
         ),
     ]
-    title = f"Publishing throughput ({size} image; medians (min–max, n) of {args.repeat} interleaved rounds)"
+    title = f"Publishing throughput ({size} image; {medians_of(args.repeat)})"
     append_output(args.output, print_table(title, rows))
     return 0
 

@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MIB, Row, append_output, print_table
-from bench.stats import Sample, rate, times
+from bench.stats import Sample, medians_of, rate, times
 
 MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -271,10 +271,7 @@ def main() -> int:
             f"{times(rss('stream').ratio_to(rss('boto3')))} / {times(rss('spool').ratio_to(rss('boto3')))}",
         ),
     ]
-    title = (
-        f"S3 publication of a {size / MIB:.0f} MiB image to {where}: medians (min–max, n) of "
-        f"{args.repeat} interleaved rounds"
-    )
+    title = f"S3 publication of a {size / MIB:.0f} MiB image to {where}: {medians_of(args.repeat)}"
     text = print_table(title, rows)
     append_output(args.output, text)
     return 0

@@ -50,7 +50,7 @@ from bench.common import (
     wait_for_url,
 )
 from bench.serve_vs_nginx import BIG, FILLER_VERSIONS, HOST, wrk
-from bench.stats import Sample, times
+from bench.stats import Sample, medians_of, times
 
 FACTORY = "serve.app:app_from_settings"
 
@@ -208,7 +208,7 @@ def main() -> int:
                         f"{waited}; {closed}", "must be < 2 s; ≥ 990", "-"))  # fmt: skip
     title = (
         f"The server underneath serve/: the same app, same store, same run (wrk -t2 -c32 -d{args.seconds}s, "
-        f"{args.rounds} interleaved rounds, medians (min–max, n); 127.0.0.1)"
+        f"{medians_of(args.rounds)}; 127.0.0.1)"
     )
     append_output(args.output, print_table(title, rows))
     return 0

@@ -42,7 +42,7 @@ from bench.common import (
     wait_for_url,
 )
 from bench.serve_vs_nginx import BIG, HOST, disk_item, start_nginx
-from bench.stats import Sample, times
+from bench.stats import Sample, medians_of, times
 
 READ = 1024
 # Issue 13's bounds: per slow reader, and for the whole serve/ process tree under 1,000 of them.
@@ -187,7 +187,7 @@ def main() -> int:
         ]
     title = (
         f"Memory under {args.readers:,} slow readers (8 KB/s each for {args.seconds:.0f} s, {args.disk_mib} MiB disk; "
-        f"medians (min–max, n) of {args.repeat} rounds, every server freshly started)"
+        f"{medians_of(args.repeat, 'rounds')}, every server freshly started)"
     )
     append_output(args.output, print_table(title, rows))
     return 0 if ok else 1

@@ -54,7 +54,7 @@ from bench.common import (
     stop_process,
     wait_for_url,
 )
-from bench.stats import Sample, times
+from bench.stats import Sample, medians_of, times
 
 HOST = "127.0.0.1"
 BIG = ("v1.12.0", "amd64", "nocloud")
@@ -439,7 +439,7 @@ def main() -> int:
             )
     title = (
         f"serve/ vs nginx on the same store (wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, "
-        f"{args.rounds} interleaved rounds; downloads: curl, {args.repeat} each; medians (min–max, n); 127.0.0.1)"
+        f"{medians_of(args.rounds)}; downloads: curl, {medians_of(args.repeat, 'downloads each')}; 127.0.0.1)"
     )
     text = print_table(title, rows)
     note = f"\nload average (1, 5, 15 min) before: {load_before}; after: {load_after}"

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MIB, Row, append_output, print_table
-from bench.stats import Sample, times
+from bench.stats import Sample, medians_of, times
 from talos_pipeline.core.signing import generate_key_pair
 from talos_pipeline.launch import publish
 from talos_pipeline.simulator import UpstreamSimulator
@@ -98,7 +98,7 @@ def main() -> int:
                 print(f"{size} MiB done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    title = f"Signing overhead per publication (medians (min–max, n) of {args.repeat} interleaved rounds)"
+    title = f"Signing overhead per publication ({medians_of(args.repeat)})"
     append_output(args.output, print_table(title, rows))
     return 0
 

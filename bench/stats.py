@@ -69,6 +69,13 @@ def rate(amount: float, seconds: Sample) -> Sample:
     return seconds.map(lambda value: amount / value)
 
 
+def medians_of(count: int, what: str = "interleaved rounds") -> str:
+    """How a table's figures were taken, for its title: `medians (min–max, n) of 5 interleaved rounds`."""
+    if count == 1:
+        return "single measurements (n=1)"
+    return f"medians (min–max, n) of {count} {what}"
+
+
 def times(ratio: float) -> str:
     """A ratio as the tables print it."""
     return f"{ratio:.2f}×"
