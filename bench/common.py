@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,14 +39,6 @@ def run_timed(cmd: list[str] | str, *, env: dict | None = None, shell: bool = Fa
     return elapsed, usage.ru_maxrss
 
 
-def best_of(n: int, fn) -> float:
-    return min(fn() for _ in range(n))
-
-
-def median_of(n: int, fn) -> float:
-    return statistics.median(fn() for _ in range(n))
-
-
 @dataclass
 class Row:
     figure: str
@@ -56,17 +47,17 @@ class Row:
     ratio: str
 
 
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def print_table(title: str, rows: list[Row]) -> str:
-    lines = [
-        f"## {title}",
-        "",
-        f"machine: {machine()}",
-        "",
-        "| figure | value | baseline (same run) | ratio |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {r.figure} | {r.value} | {r.baseline} | {r.ratio} |" for r in rows]
-    text = "\n".join(lines)
+    table = markdown_table(
+        ["figure", "value", "baseline (same run)", "ratio"], [[r.figure, r.value, r.baseline, r.ratio] for r in rows]
+    )
+    text = f"## {title}\n\nmachine: {machine()}\n\n{table}"
     print(text, flush=True)
     return text
 

@@ -1,4 +1,10 @@
-"""S3 upload throughput and memory: `S3Store.upload` vs boto3's own `upload_file`, same bytes, same server.
+"""The whole S3 publication of a disk (what `publish` does into S3) vs boto3's `upload_file`, same bytes.
+
+The headline is the whole publication as `publish` does it into S3: multipart upload to a
+staging key while the bytes arrive, then the server-side copy to the content-addressed key, shown
+with and without that copy (the copy is timed in each run and subtracted; spool mode, which has
+no copy, is measured too), each against boto3's `upload_file` of the same file into the same
+server, in the same run.
 
 A qcow2 image of `--size-mib` (512 by default) is generated once into a temporary file. Each
 measurement runs in a fresh child process against one moto server (a separate process, on
@@ -8,16 +14,16 @@ measurement runs in a fresh child process against one moto server (a separate pr
   loop of the publish step feeds it, while parts go to a staging multipart upload; then
   `commit(key, sha256=…)`: complete the staging upload, server-side copy to the
   content-addressed key (the server's full-object SHA-256 checked against ours), delete the
-  staging object. The whole publication, not just the bytes on the wire; it is also split at
-  CompleteMultipartUpload into the upload proper (what upload_file does) and the copy.
+  staging object. The whole publication, not just the bytes on the wire; each run is also split
+  at CompleteMultipartUpload into the upload proper (what upload_file does) and the copy.
 * `S3Store.upload`, spool mode (`TALOS_S3_UPLOAD=spool`): the chunks go to an unlinked local
   file, and `commit` uploads it in parallel parts straight to the final key.
 * baseline: `boto3.client("s3").upload_file(file, bucket, key)` with its default TransferConfig
   (8 MiB parts, 10 threads) into the same bucket.
 
 Runs rotate between the three, each against a freshly started moto server (moto slows down as
-it accumulates objects); the figures are median wall times measured inside the child (interpreter
-start-up excluded), the peak RSS comes from `wait4` of the child. moto is a Python server, so its
+it accumulates objects); the figures are medians (min–max, n) of wall times measured inside the
+child (interpreter start-up excluded); the peak RSS comes from `wait4` of the child. moto is a Python server, so its
 own CPU (it keeps objects in temporary files and concatenates or copies them byte by byte, for a
 multipart completion as for a "server-side" copy) is part of every figure: run it on an
 otherwise idle machine.
@@ -34,7 +40,6 @@ import hashlib
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MIB, Row, append_output, print_table
+from bench.stats import Sample, medians_of, rate, times
 
 MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -216,52 +222,58 @@ def main() -> int:
             leftover.unlink()
         workdir.rmdir()
 
-    def median(kind: str, index: int = 0) -> float:
-        return statistics.median(run[index] for run in runs[kind])
-
-    def rss(kind: str) -> float:
-        return max(run[2] for run in runs[kind]) / 1024
-
     mb = size / 1e6
-    boto_s = median("boto3")
-    baseline = f"boto3 upload_file {mb / boto_s:.0f} MB/s ({boto_s:.2f} s)"
+    boto_s = Sample.of([run[0] for run in runs["boto3"]])
+    stream_s = Sample.of([run[0] for run in runs["stream"]])
+    # The same stream runs without their server-side copy: each run's time up to CompleteMultipartUpload.
+    stream_no_copy_s = Sample.of([run[1] for run in runs["stream"]])
+    copy_s = Sample.of([run[0] - run[1] for run in runs["stream"]])
+    spool_s = Sample.of([run[0] for run in runs["spool"]])
+    boto_rate = rate(mb, boto_s)
+    baseline = f"boto3 upload_file {boto_rate.show('{:,.0f}', ' MB/s')}; {boto_s.show('{:.2f}', ' s')}"
+
+    def publication(figure: str, seconds: Sample) -> Row:
+        mbps = rate(mb, seconds)
+        value = f"{mbps.show('{:,.0f}', ' MB/s')}; {seconds.show('{:.2f}', ' s')}"
+        return Row(figure, value, baseline, times(mbps.ratio_to(boto_rate)))
+
+    def rss(kind: str) -> Sample:
+        return Sample.of([run[2] / 1024 for run in runs[kind]])
+
     where = args.endpoint or "moto_server on 127.0.0.1 (HTTP)"
     parts = f"{args.part_mib} MiB parts × {args.concurrency}"
-    stream_s, stream_up = median("stream"), median("stream", 1)
-    spool_s = median("spool")
     rows = [
-        Row(
-            f"S3Store stream (default): staging multipart ({parts}) + server-side copy, whole publication",
-            f"{mb / stream_s:.0f} MB/s ({stream_s:.2f} s)",
-            baseline,
-            f"{boto_s / stream_s:.2f}×",
+        publication(
+            f"whole S3 publication, stream (default): multipart ({parts}) to staging + server-side copy "
+            "to the final key + staging delete",
+            stream_s,
+        ),
+        publication(
+            "whole S3 publication without the server-side copy: the same runs up to CompleteMultipartUpload "
+            "(copy timed and subtracted per run)",
+            stream_no_copy_s,
         ),
         Row(
-            "… its multipart upload to staging, up to CompleteMultipartUpload (the work upload_file does)",
-            f"{mb / stream_up:.0f} MB/s ({stream_up:.2f} s)",
-            baseline,
-            f"{boto_s / stream_up:.2f}×",
+            "… the server-side copy + staging delete alone, per run",
+            copy_s.show("{:.2f}", " s"),
+            "-",
+            f"{copy_s.median / stream_s.median:.0%} of the stream publication (median over median)",
         ),
-        Row(
-            "… then server-side CopyObject to the final key + staging delete", f"{stream_s - stream_up:.2f} s", "-", "-"
-        ),
-        Row(
-            f"S3Store spool: local unlinked file, then multipart ({parts}) to the final key",
-            f"{mb / spool_s:.0f} MB/s ({spool_s:.2f} s)",
-            baseline,
-            f"{boto_s / spool_s:.2f}×",
+        publication(
+            f"whole S3 publication, spool (`TALOS_S3_UPLOAD=spool`, no server-side copy): local unlinked file, "
+            f"then multipart ({parts}) to the final key",
+            spool_s,
         ),
         Row(
             "peak RSS of the uploading process, stream / spool",
-            f"{rss('stream'):.0f} / {rss('spool'):.0f} MiB",
-            f"boto3 upload_file {rss('boto3'):.0f} MiB",
-            f"{rss('stream') / max(rss('boto3'), 1):.2f}× / {rss('spool') / max(rss('boto3'), 1):.2f}×",
+            f"{rss('stream').show('{:.0f}', ' MiB')} / {rss('spool').show('{:.0f}', ' MiB')}",
+            f"boto3 upload_file {rss('boto3').show('{:.0f}', ' MiB')}",
+            f"{times(rss('stream').ratio_to(rss('boto3')))} / {times(rss('spool').ratio_to(rss('boto3')))}",
         ),
     ]
-    text = print_table(f"S3 upload of a {size / MIB:.0f} MiB image to {where}, median of {args.repeat}", rows)
+    title = f"S3 publication of a {size / MIB:.0f} MiB image to {where}: {medians_of(args.repeat)}"
+    text = print_table(title, rows)
     append_output(args.output, text)
-    for kind, label in (("stream", "stream"), ("spool", "spool"), ("boto3", "upload_file")):
-        print(f"runs (s) {label}: {[round(run[0], 2) for run in runs[kind]]}")
     return 0
 
 

@@ -5,16 +5,20 @@ which cannot turn it off cheaper than a level check):
 
 * `serve/`'s own server (`python -m serve`: httptools/llhttp on uvloop, `serve/connection.py`);
 * uvicorn with httptools (`uvicorn --factory serve.app:app_from_settings --http httptools`);
-* granian (Rust, ASGI interface) and hypercorn (h11), when installed
-  (`pip install 'granian>=2.8,<2.9' 'hypercorn>=0.18,<0.19'`; they are not dependencies).
+* granian (Rust, ASGI interface) and hypercorn (h11).
 
-Figures per server: requests/s of `wrk -t2 -c32` on images.json (median of `--rounds`); RSS
-growth per idle keep-alive connection (1,000 connections that each made one request); and the
-lock-out check of issue 13: with 1,100 idle TCP connections open, how long a new client waits
-for index.json (or that it gets no answer within 5 s), and how many of the idle connections the
-server has closed 25 s later.
+uvicorn, granian and hypercorn are not runtime dependencies: they are the `bench` extra of
+pyproject.toml (`.venv/bin/pip install -e '.[bench]'`, which `bench/run` does); the script stops
+with that instruction when one is missing rather than leave a row out.
 
-    .venv/bin/python bench/serve_servers.py [--seconds 5] [--rounds 1] [--output FILE]
+Figures per server: requests/s of `wrk -t2 -c32` on images.json, one figure per round, the
+servers side by side and the rounds interleaved (median with its spread, ratio median over
+median against uvicorn); RSS growth per idle keep-alive connection (1,000 connections that each
+made one request); and the lock-out check of issue 13: with 1,100 idle TCP connections open, how
+long a new client waits for index.json (or that it gets no answer within 5 s), and how many of
+the idle connections the server has closed 25 s later.
+
+    .venv/bin/python bench/serve_servers.py [--seconds 10] [--rounds 3] [--output FILE]
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import os
 import resource
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,26 +50,35 @@ from bench.common import (
     wait_for_url,
 )
 from bench.serve_vs_nginx import BIG, FILLER_VERSIONS, HOST, wrk
+from bench.stats import Sample, medians_of, times
 
 FACTORY = "serve.app:app_from_settings"
 
 
-def commands(port: int) -> dict[str, list[str] | None]:
+BASELINE = "uvicorn + httptools"
+# The servers compared with serve/'s own: each an executable of the `bench` extra in the virtualenv.
+CANDIDATES = ("uvicorn", "granian", "hypercorn")
+
+
+def missing_candidates() -> list[str]:
+    return [name for name in CANDIDATES if not (VENV_BIN / name).exists()]
+
+
+def commands(port: int) -> dict[str, list[str]]:
     py = str(VENV_BIN / "python")
-    granian, hypercorn = VENV_BIN / "granian", VENV_BIN / "hypercorn"
     return {
         "serve/ (own, httptools + uvloop)": [py, "-m", "serve", "--host", HOST, "--port", str(port), "--workers", "2"],
-        "uvicorn + httptools": [
+        BASELINE: [
             py, "-m", "uvicorn", "--factory", FACTORY, "--host", HOST, "--port", str(port),
             "--http", "httptools", "--loop", "uvloop", "--workers", "2", "--no-access-log",
         ],
         "granian (ASGI)": [
-            str(granian), "--interface", "asgi", "--factory", FACTORY, "--host", HOST, "--port", str(port),
-            "--workers", "2", "--no-access-log",
-        ] if granian.exists() else None,
+            str(VENV_BIN / "granian"), "--interface", "asgi", "--factory", FACTORY, "--host", HOST,
+            "--port", str(port), "--workers", "2", "--no-access-log",
+        ],
         "hypercorn (h11)": [
-            str(hypercorn), "--workers", "2", "--bind", f"{HOST}:{port}", f"{FACTORY}()",
-        ] if hypercorn.exists() else None,
+            str(VENV_BIN / "hypercorn"), "--workers", "2", "--bind", f"{HOST}:{port}", f"{FACTORY}()",
+        ],
     }  # fmt: skip
 
 
@@ -127,18 +139,36 @@ def lockout(port: int) -> tuple[str, str]:
     return waited, f"{closed} of {len(idle)}"
 
 
+def start(name: str, env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    with open(workdir / f"{port}.log", "wb") as log:
+        proc = subprocess.Popen(
+            commands(port)[name], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(Path(__file__).parents[1]),
+            start_new_session=True,
+        )  # fmt: skip
+    return proc, port
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5, help="wrk duration [5]")
-    parser.add_argument("--rounds", type=int, default=1, help="wrk rounds (median) [1]")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per figure [10]")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved wrk rounds (medians) [3]")
     parser.add_argument("--output", help="also append the table to this file")
     args = parser.parse_args()
+    missing = missing_candidates()
+    if missing:
+        raise SystemExit(
+            f"bench/serve_servers.py compares serve/ with {', '.join(CANDIDATES)}; not installed in "
+            f"{VENV_BIN.parent}: {', '.join(missing)}. Install the bench extra: .venv/bin/pip install -e '.[dev,bench]'"
+        )
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     from talos_pipeline.simulator import UpstreamSimulator
 
     workdir = Path(tempfile.mkdtemp(prefix="talos-bench-servers-"))
-    rows: list[Row] = []
+    running: dict[str, tuple[subprocess.Popen, int]] = {}
+    rps: dict[str, list[float]] = {}
+    other: dict[str, tuple[str, str, str]] = {}
     try:
         store = workdir / "store"
         store.mkdir()
@@ -146,40 +176,41 @@ def main() -> int:
             publish_into(store, sim, [BIG[0], *FILLER_VERSIONS], ["amd64", "arm64"], [BIG[2]])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TALOS_", "PROMETHEUS_"))}
         env.update(TALOS_STORE=str(store))
-        results: dict[str, tuple[float, str, str, str]] = {}
-        for name, cmd in commands(0).items():
-            if cmd is None:
-                print(f"{name}: not installed, skipped", file=sys.stderr)
-                continue
-            port = free_port()
-            cmd = commands(port)[name]
-            assert cmd is not None
-            with open(workdir / f"{port}.log", "wb") as log:
-                proc = subprocess.Popen(
-                    cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(Path(__file__).parents[1]),
-                    start_new_session=True,
-                )  # fmt: skip
-            try:
+        # Every server runs for the whole measurement and the wrk rounds are interleaved, so load
+        # from elsewhere on the machine hits them alike.
+        for name in commands(0):
+            running[name] = start(name, env, workdir)
+        for proc, port in running.values():
+            wait_for_url(f"http://{HOST}:{port}/streams/v1/images.json", proc=proc, timeout=60)
+        for round_ in range(args.rounds):
+            for name, (_proc, port) in running.items():
                 url = f"http://{HOST}:{port}/streams/v1/images.json"
-                wait_for_url(url, proc=proc, timeout=60)
-                rps = statistics.median(wrk(url, args.seconds, 2, 32) for _ in range(args.rounds))
-                per_connection = idle_connection_cost(port, proc.pid)
-                waited, closed = lockout(port)
-                results[name] = (rps, per_connection, waited, closed)
-                print(f"{name}: {rps:,.0f} req/s, {per_connection}/conn, {waited}, {closed}", file=sys.stderr)
-            finally:
-                stop_process(proc, timeout=30)
+                rps.setdefault(name, []).append(wrk(url, args.seconds, 2, 32))
+            print(f"round {round_ + 1}/{args.rounds} of wrk done", file=sys.stderr, flush=True)
+        for name, (proc, port) in running.items():
+            per_connection = idle_connection_cost(port, proc.pid)
+            waited, closed = lockout(port)
+            other[name] = (per_connection, waited, closed)
+            print(f"{name}: {per_connection}/conn, {waited}, {closed}", file=sys.stderr, flush=True)
     finally:
+        for proc, _port in running.values():
+            stop_process(proc, timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
-    base = results.get("uvicorn + httptools", (0.0, "", "", ""))[0]
-    for name, (rps, per_connection, waited, closed) in results.items():
-        rows.append(Row(f"{name}: images.json 200, HTTP, 2 workers", f"{rps:,.0f} req/s",
-                        f"uvicorn {base:,.0f} req/s", f"{rps / base:.2f}×" if base else "-"))  # fmt: skip
+    base = Sample.of(rps[BASELINE])
+    rows: list[Row] = []
+    for name, values in rps.items():
+        value = Sample.of(values)
+        per_connection, waited, closed = other[name]
+        rows.append(Row(f"{name}: images.json 200, HTTP, 2 workers", value.show("{:,.0f}", " req/s"),
+                        f"uvicorn {base.show('{:,.0f}', ' req/s')}", times(value.ratio_to(base))))  # fmt: skip
         rows.append(Row(f"{name}: RSS per idle keep-alive connection (1,000)", per_connection, "-", "-"))
         rows.append(Row(f"{name}: 1,100 idle TCP connections: a new client's index.json; idle closed after 25 s",
                         f"{waited}; {closed}", "must be < 2 s; ≥ 990", "-"))  # fmt: skip
-    text = print_table("The server underneath serve/: the same app, same store, same run (127.0.0.1)", rows)
-    append_output(args.output, text)
+    title = (
+        f"The server underneath serve/: the same app, same store, same run (wrk -t2 -c32 -d{args.seconds}s, "
+        f"{medians_of(args.rounds)}; 127.0.0.1)"
+    )
+    append_output(args.output, print_table(title, rows))
     return 0
 
 

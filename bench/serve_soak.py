@@ -20,12 +20,15 @@ finished sending a response), doing:
 |      |   | `Incus-Image-Hash`, sha256 of the tarball |
 
 No new request starts after `--seconds`; requests in flight finish (each socket has a 60 s
-timeout). The serve process tree's RSS is sampled every second. Errors must be zero; the exit
-status is 1 otherwise. Afterwards `/healthz` metrics and the server log (ERROR lines, aborted or
-incomplete responses) are checked too.
+timeout). The serve process tree's RSS is sampled every second together with the requests and
+errors so far; the record shows them as a table of memory over time (a row every `--table-every`
+seconds: total RSS, largest process, requests, requests/s, errors), and the requests/s of those
+intervals as a median with its spread. Errors must be zero; the exit status is 1 otherwise.
+Afterwards `/healthz` metrics and the server log (ERROR lines, aborted or incomplete responses)
+are checked too.
 
     .venv/bin/python bench/serve_soak.py [--clients 200] [--seconds 60] [--disk-mib 64] [--workers 2]
-        [--output FILE]
+        [--table-every 5] [--output FILE]
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from bench.common import (
     Row,
     RssSampler,
     append_output,
+    markdown_table,
     print_table,
     publish_into,
     stop_process,
@@ -64,6 +68,7 @@ from bench.serve_vs_nginx import (
     RECOMMENDED_WORKERS,
     start_serve,
 )
+from bench.stats import Sample
 from serve.connection import Limits
 
 READ = 1024 * 1024
@@ -129,6 +134,70 @@ class Stats:
             self.errors[kind] = self.errors.get(kind, 0) + 1
             if len(self.examples) < 10:
                 self.examples.append(f"{kind}: {message}")
+
+    def totals(self) -> tuple[int, int]:
+        """(requests completed so far, a direct import and its tarball counting as two; errors so far)."""
+        with self.lock:
+            return sum(self.done.values()) + self.done.get("unified", 0), sum(self.errors.values())
+
+
+@dataclass
+class Tick:
+    """One look at the run: seconds since the start, serve's RSS (KiB), requests and errors so far."""
+
+    seconds: float
+    total_kib: int
+    largest_kib: int
+    requests: int
+    errors: int
+
+
+def watch(clients: list[Client], pid: int, stats: Stats, interval: float, give_up: float) -> list[Tick]:
+    """Sample serve's RSS and the request counters every `interval` s until every client is done."""
+    sampler = RssSampler(pid, interval)
+    ticks = []
+    while True:
+        looked = time.monotonic()
+        seconds, total, largest = sampler.sample()
+        ticks.append(Tick(seconds, total, largest, *stats.totals()))
+        if not any(client.is_alive() for client in clients) or looked > give_up:
+            return ticks
+        time.sleep(max(0.0, interval - (time.monotonic() - looked)))
+
+
+def memory_over_time(ticks: list[Tick], every: float, load_seconds: float) -> tuple[str, Sample | None]:
+    """The table of RSS samples every `every` s, and the requests/s of the intervals within the load
+    (the first `load_seconds`; the drain after it starts no new requests)."""
+    marks, next_mark = [], 0.0
+    for tick in ticks:
+        if tick.seconds >= next_mark or tick is ticks[-1]:
+            marks.append(tick)
+            next_mark = tick.seconds - tick.seconds % every + every
+    rows, rates = [], []
+    for before, tick in zip([None, *marks], marks, strict=False):
+        if before is None:
+            rps = "-"
+        else:
+            rps_value = (tick.requests - before.requests) / max(tick.seconds - before.seconds, 1e-9)
+            if tick.seconds <= load_seconds:
+                rates.append(rps_value)
+            rps = f"{rps_value:,.0f}"
+        rows.append(
+            [
+                f"{tick.seconds:.0f}",
+                f"{tick.total_kib / 1024:.0f}",
+                f"{tick.largest_kib / 1024:.0f}",
+                f"{tick.requests:,}",
+                rps,
+                str(tick.errors),
+            ]
+        )
+    table = markdown_table(
+        ["time (s)", "serve RSS, all processes (MiB)", "largest process (MiB)", "requests so far",
+         "requests/s since the row above", "errors so far"],
+        rows,
+    )  # fmt: skip
+    return table, Sample.of(rates) if rates else None
 
 
 class CheckFailed(Exception):
@@ -347,6 +416,7 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, default=RECOMMENDED_WORKERS, help=f"serve/ workers [{RECOMMENDED_WORKERS}]"
     )
+    parser.add_argument("--table-every", type=float, default=5, help="seconds between rows of memory over time [5]")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", help="also append the table to this file")
     args = parser.parse_args()
@@ -391,11 +461,9 @@ def main() -> int:
         started = time.monotonic()
         deadline = started + args.seconds
         clients = [Client(n, port, context, plan, stats, deadline, args.seed) for n in range(args.clients)]
-        with RssSampler(server.proc.pid, 1.0) as rss:
-            for client in clients:
-                client.start()
-            for client in clients:
-                client.join(timeout=max(0.0, deadline + 180 - time.monotonic()))
+        for client in clients:
+            client.start()
+        ticks = watch(clients, server.proc.pid, stats, 1.0, deadline + 180)
         elapsed = time.monotonic() - started
         stuck = sum(client.is_alive() for client in clients)
         if stuck:
@@ -414,16 +482,12 @@ def main() -> int:
     access = sum(" serve.access: " in line for line in lines)
     metrics = health.get("metrics", {})
     bad_metrics = {name: value for name, value in metrics.items() if value}
-    requests_done = sum(stats.done.values())
-    errors = sum(stats.errors.values())
-    samples = [kib for _t, kib, _single in rss.samples]
+    requests_done, errors = stats.totals()
+    samples = [tick.total_kib for tick in ticks]
     # Steady state: from 10 s after the start to the end of the load (the drain is left out).
-    steady = [kib for t, kib, _single in rss.samples if 10 <= t <= args.seconds] or samples
-    # The first sample at or after 0 s, 10 s, 20 s, ... (sampling slows down when the machine is busy).
-    every_10s = [
-        next(kib for t, kib, _ in rss.samples if t >= mark) for mark in range(0, int(rss.samples[-1][0]) + 1, 10)
-    ]
+    steady = [tick.total_kib for tick in ticks if 10 <= tick.seconds <= args.seconds] or samples
     first, last = samples[0], samples[-1]
+    over_time, interval_rates = memory_over_time(ticks, args.table_every, args.seconds)
 
     def mib(kib: float) -> str:
         return f"{kib / 1024:.0f} MiB"
@@ -439,8 +503,14 @@ def main() -> int:
         ),
         Row(
             "requests completed (incl. the direct-import step of unified)",
-            f"{requests_done + done.get('unified', 0):,} ({(requests_done + done.get('unified', 0)) / elapsed:,.0f}/s)",
+            f"{requests_done:,} ({requests_done / elapsed:,.0f}/s over the whole run)",
             f"{elapsed:.0f} s incl. drain",
+            "-",
+        ),
+        Row(
+            f"requests/s per {args.table_every:.0f}-s interval while the clients were busy (drain left out)",
+            interval_rates.show("{:,.0f}", " req/s") if interval_rates else "-",
+            "-",
             "-",
         ),
         Row("bytes received", f"{stats.bytes / 1e9:.2f} GB ({stats.bytes / 1e6 / elapsed:,.0f} MB/s)", "-", "-"),
@@ -476,12 +546,6 @@ def main() -> int:
             f"max/min {max(steady) / max(min(steady), 1):.2f}×",
         ),
         Row(
-            "serve RSS, all processes, every 10 s from the start",
-            " ".join(f"{kib / 1024:.0f}" for kib in every_10s) + " MiB",
-            "-",
-            "-",
-        ),
-        Row(
             "server: /healthz metrics not zero; ERROR lines; aborted/incomplete responses",
             f"{bad_metrics or 'none'}; {len(log_errors)}; {aborted}",
             f"{access:,} access-log lines",
@@ -493,6 +557,12 @@ def main() -> int:
         f"{plan.large.size / MIB:.0f} MiB disk + 12 small images"
     )
     text = print_table(title, rows)
+    over_time = (
+        f"\nMemory over time (serve's process tree, sampled every 1 s; a row every {args.table_every:.0f} s):\n\n"
+        + over_time
+    )
+    print(over_time, flush=True)
+    text += "\n" + over_time
     if stats.examples or log_errors:
         extra = "\n".join(["", "first errors:", *stats.examples, *log_errors[:10]])
         print(extra, flush=True)

@@ -11,16 +11,17 @@ Builds a store with `talos-pipeline publish` from the upstream simulator: one la
 * `python -m serve` with `TALOS_VERIFY_READS=true`, to show what re-hashing full-body reads costs.
 
 Figures: requests/s of `wrk -t2 -c32 -d10s` on `streams/v1/images.json` (200) and with
-`If-None-Match: <etag>` (304), median of `--rounds`; MB/s of the disk download (`curl -o
-/dev/null`, median of `--repeat`), alone and as the total of `--parallel` simultaneous HTTPS
-downloads; peak RSS of the serve process tree during the downloads (sampled every 50 ms).
+`If-None-Match: <etag>` (304), one per round of `--rounds`; MB/s of the disk download (`curl -o
+/dev/null`, `--repeat` times), alone and as the total of `--parallel` simultaneous HTTPS
+downloads; peak RSS of the serve process tree during each download (sampled every 50 ms). Each
+is shown as its median with the spread (min–max, n); ratios are median over median.
 All servers run side by side and every figure is taken in interleaved rounds, so load from
 elsewhere on the machine hits serve/ and nginx alike; the load average is printed with the table.
 Note that wrk/curl share the machine's cores with the server under test.
 Every server listens on 127.0.0.1 only and is stopped at the end.
 
     .venv/bin/python bench/serve_vs_nginx.py [--size-mib 512] [--workers 2] [--worker-counts 1,2]
-        [--seconds 10] [--rounds 3] [--repeat 3] [--parallel 4] [--output FILE]
+        [--seconds 10] [--rounds 3] [--repeat 5] [--parallel 4] [--output FILE]
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import os
 import re
 import shutil
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +54,7 @@ from bench.common import (
     stop_process,
     wait_for_url,
 )
+from bench.stats import Sample, medians_of, times
 
 HOST = "127.0.0.1"
 BIG = ("v1.12.0", "amd64", "nocloud")
@@ -285,10 +286,6 @@ def disk_item(store: Path) -> tuple[str, int, str]:
     return disk["path"], disk["size"], disk["sha256"]
 
 
-def ratio(value: float, baseline: float) -> str:
-    return f"{value / baseline:.2f}×" if baseline else "-"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512, help="data in the large disk image [512]")
@@ -303,7 +300,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads [2]")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections [32]")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved wrk rounds per figure (median) [3]")
-    parser.add_argument("--repeat", type=int, default=3, help="downloads per figure (median) [3]")
+    parser.add_argument("--repeat", type=int, default=5, help="downloads per figure (median) [5]")
     parser.add_argument("--parallel", type=int, default=4, help="simultaneous HTTPS downloads for the total MB/s [4]")
     parser.add_argument("--output", help="also append the table to this file")
     args = parser.parse_args()
@@ -358,14 +355,13 @@ def main() -> int:
                         rps.setdefault((name, scheme, case), []).append(value)
             print(f"round {round_ + 1}/{args.rounds} of wrk done", file=sys.stderr, flush=True)
         speeds: dict[tuple[str, str], list[float]] = {}
-        peaks: dict[tuple[str, str], tuple[int, int]] = {}
+        peaks: dict[tuple[str, str], list[tuple[int, int]]] = {}
         for _ in range(args.repeat):
             for scheme in ("http", "https"):
                 for name in ("nginx", f"serve{args.workers}", "verify"):
                     speed, sampler = download(targets[f"{name}-{scheme}"], scheme, disk_path, cert, disk_size)
                     speeds.setdefault((name, scheme), []).append(speed)
-                    total, single = peaks.get((name, scheme), (0, 0))
-                    peaks[(name, scheme)] = (max(total, sampler.peak_total), max(single, sampler.peak_single))
+                    peaks.setdefault((name, scheme), []).append((sampler.peak_total, sampler.peak_single))
         parallel: dict[str, list[float]] = {}
         for _ in range(args.repeat):
             for name in json_targets:
@@ -378,63 +374,72 @@ def main() -> int:
             stop_process(server.proc, timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    med = statistics.median
-
     def w(n: int) -> str:
         return f"{n} worker{'s' if n > 1 else ''}"
 
+    def req(sample: Sample) -> str:
+        return sample.show("{:,.0f}", " req/s")
+
+    def mbps(sample: Sample) -> str:
+        return sample.show("{:,.0f}", " MB/s")
+
     for scheme in ("http", "https"):
         for case, label in (("200", "200"), ("304", "304 (If-None-Match)")):
-            base = med(rps[("nginx", scheme, case)])
+            base = Sample.of(rps[("nginx", scheme, case)])
             for workers in counts:
-                value = med(rps[(f"serve{workers}", scheme, case)])
+                value = Sample.of(rps[(f"serve{workers}", scheme, case)])
                 rows.append(
                     Row(
                         f"images.json ({images_kb:.0f} KB) {label}, {scheme.upper()}, serve {w(workers)}",
-                        f"{value:,.0f} req/s",
-                        f"nginx {base:,.0f} req/s",
-                        ratio(value, base),
+                        req(value),
+                        f"nginx {req(base)}",
+                        times(value.ratio_to(base)),
                     )
                 )
     mib = disk_size / MIB
     kinds = ((f"serve{args.workers}", "default (verify_reads off)"), ("verify", "TALOS_VERIFY_READS=true"))
     for kind, label in kinds:
         for scheme in ("http", "https"):
-            value, base = med(speeds[(kind, scheme)]), med(speeds[("nginx", scheme)])
+            value, base = Sample.of(speeds[(kind, scheme)]), Sample.of(speeds[("nginx", scheme)])
             rows.append(
                 Row(
                     f"disk download {mib:.0f} MiB, {scheme.upper()}, serve {w(args.workers)}, {label}",
-                    f"{value:,.0f} MB/s",
-                    f"nginx sendfile {base:,.0f} MB/s",
-                    ratio(value, base),
+                    mbps(value),
+                    f"nginx sendfile {mbps(base)}",
+                    times(value.ratio_to(base)),
                 )
             )
-    base = med(parallel["nginx"])
+    base = Sample.of(parallel["nginx"])
     for workers in counts:
-        value = med(parallel[f"serve{workers}"])
+        value = Sample.of(parallel[f"serve{workers}"])
         rows.append(
             Row(
                 f"{args.parallel} simultaneous disk downloads, HTTPS, serve {w(workers)}, default: total",
-                f"{value:,.0f} MB/s",
-                f"nginx {base:,.0f} MB/s",
-                ratio(value, base),
+                mbps(value),
+                f"nginx {mbps(base)}",
+                times(value.ratio_to(base)),
             )
         )
+
+    def peak(kind: str, scheme: str, index: int) -> Sample:
+        return Sample.of([run[index] / 1024 for run in peaks[(kind, scheme)]])
+
     for kind, label in kinds:
         for scheme in ("http", "https"):
-            (total, single), (base_total, base_single) = peaks[(kind, scheme)], peaks[("nginx", scheme)]
+            total, single = peak(kind, scheme, 0), peak(kind, scheme, 1)
+            base_total, base_single = peak("nginx", scheme, 0), peak("nginx", scheme, 1)
             rows.append(
                 Row(
-                    f"peak RSS during the {scheme.upper()} downloads, serve {w(args.workers)}, {label}: "
+                    f"peak RSS during a {scheme.upper()} download, serve {w(args.workers)}, {label}: "
                     "all processes; largest",
-                    f"{total / 1024:.0f} MiB; {single / 1024:.0f} MiB",
-                    f"nginx {base_total / 1024:.0f} MiB; {base_single / 1024:.0f} MiB",
-                    ratio(total, base_total),
+                    f"{total.show('{:.0f}', ' MiB')}; {single.show('{:.0f}', ' MiB')}",
+                    f"nginx {base_total.show('{:.0f}', ' MiB')}; {base_single.show('{:.0f}', ' MiB')}",
+                    times(total.ratio_to(base_total)),
                 )
             )
     title = (
         f"serve/ vs nginx on the same store (wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, "
-        f"median of {args.rounds} interleaved rounds; downloads: curl, median of {args.repeat}; 127.0.0.1)"
+        f"{medians_of(args.rounds)}; downloads: curl, {medians_of(args.repeat, 'downloads each')}; 127.0.0.1)"
     )
     text = print_table(title, rows)
     note = f"\nload average (1, 5, 15 min) before: {load_before}; after: {load_after}"

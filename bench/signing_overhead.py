@@ -3,7 +3,12 @@
 Fulcio/Rekor round trips on loopback). The disk is signed by its digest, so the cost should not
 grow with the disk size.
 
-    .venv/bin/python bench/signing_overhead.py [--sizes-mib 16,256] [--output FILE]
+Each publication runs in this process (`talos_pipeline.launch.publish`, Dagster loaded once), in
+interleaved rounds (one publish per mode per round, the order rotating). The overhead of a mode
+is the median of its publishes minus the median of the unsigned ones, stated for every size
+measured; the per-round differences give its spread.
+
+    .venv/bin/python bench/signing_overhead.py [--sizes-mib 16,256] [--repeat 5] [--output FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MIB, Row, append_output, print_table
+from bench.stats import Sample, medians_of, times
 from talos_pipeline.core.signing import generate_key_pair
 from talos_pipeline.launch import publish
 from talos_pipeline.simulator import UpstreamSimulator
@@ -49,11 +55,23 @@ def timed_publish(workdir: Path, sim: UpstreamSimulator, env: dict[str, str]) ->
     return elapsed
 
 
+def overhead_row(mode: str, size: int, signed: Sample, unsigned: Sample) -> Row:
+    """Median minus median, with the spread of the per-round differences (the rounds are paired)."""
+    per_round = Sample.of([a - b for a, b in zip(signed.values, unsigned.values, strict=True)])
+    spread = "" if per_round.n == 1 else f"; per round {per_round.low:+.2f} to {per_round.high:+.2f} s"
+    return Row(
+        f"{mode} signing overhead, {size} MiB disk (median minus median)",
+        f"{signed.minus(unsigned):+.2f} s{spread}; signed publish {signed.show('{:.2f}', ' s')}",
+        f"unsigned publish {unsigned.show('{:.2f}', ' s')}",
+        times(signed.ratio_to(unsigned)),
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes-mib", default="16,256")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--output")
+    parser.add_argument("--sizes-mib", default="16,256", help="disk sizes, comma-separated [16,256]")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds per size (medians) [5]")
+    parser.add_argument("--output", help="also append the table to this file")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="talos-signing-bench-"))
     rows = []
@@ -63,28 +81,25 @@ def main() -> int:
             modes = {
                 "none": {"TALOS_SIGNING": "none"},
                 "key": {"TALOS_SIGNING": "key", "TALOS_SIGNING_KEY": str(workdir / "k.key")},
-                "sigstore (keyless)": {"TALOS_SIGNING": "sigstore", **ambient_env(fake)},
+                "keyless (sigstore)": {"TALOS_SIGNING": "sigstore", **ambient_env(fake)},
             }
             for size in (int(s) for s in args.sizes_mib.split(",")):
+                runs: dict[str, list[float]] = {mode: [] for mode in modes}
                 with UpstreamSimulator(disk_size=size * MIB, cache_dir=str(workdir / "cache")) as sim:
-                    timed_publish(workdir, sim, modes["none"])  # warm: generate the image once
-                    times = {
-                        m: min(timed_publish(workdir, sim, env) for _ in range(args.repeat)) for m, env in modes.items()
-                    }
-                for mode in ("key", "sigstore (keyless)"):
-                    extra = times[mode] - times["none"]
-                    rows.append(
-                        Row(
-                            f"signing overhead, {mode}, {size} MiB disk",
-                            f"{extra:+.2f} s",
-                            f"unsigned publish {times['none']:.2f} s",
-                            f"{times[mode] / times['none']:.2f}×",
-                        )
-                    )
+                    for env in modes.values():  # warm: generate the image once, first signatures
+                        timed_publish(workdir, sim, env)
+                    for round_ in range(args.repeat):
+                        order = list(modes)[round_ % 3 :] + list(modes)[: round_ % 3]
+                        for mode in order:
+                            runs[mode].append(timed_publish(workdir, sim, modes[mode]))
+                unsigned = Sample.of(runs["none"])
+                for mode in ("keyless (sigstore)", "key"):
+                    rows.append(overhead_row(mode, size, Sample.of(runs[mode]), unsigned))
+                print(f"{size} MiB done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = print_table(f"Signing overhead per publication (best of {args.repeat})", rows)
-    append_output(args.output, text)
+    title = f"Signing overhead per publication ({medians_of(args.repeat)})"
+    append_output(args.output, print_table(title, rows))
     return 0
 
 
