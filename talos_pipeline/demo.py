@@ -59,8 +59,8 @@ def _say(message: str) -> None:
 
 def offered_versions(settings: Settings) -> list[str]:
     """Releases GitHub shows that the factory also offers (drafts and old prereleases drop out)."""
-    listed = ReleasesClient(settings.releases_url).list_releases().releases
-    offered = set(FactoryClient(settings.factory_url).versions())
+    listed = ReleasesClient.from_settings(settings).list_releases().releases
+    offered = set(FactoryClient.from_settings(settings).versions())
     tags = [r["tag_name"] for r in listed if TalosVersion.is_valid(r.get("tag_name", "")) and r["tag_name"] in offered]
     return sorted_tags(tags)
 

@@ -176,8 +176,8 @@ def plan_publication(
     variant_list = select_variants(settings.variant_list(), variants)
     if not named and not new:
         raise InputError("name at least one Talos version, e.g. `talos-pipeline publish v1.12.0`")
-    factory = FactoryClient(settings.factory_url)
-    listing = ReleaseListing.fetch(ReleasesClient(settings.releases_url, settings.github_token))
+    factory = FactoryClient.from_settings(settings)
+    listing = ReleaseListing.fetch(ReleasesClient.from_settings(settings))
     offered = factory.versions()
     every = [v.name for v in variant_list]
     work = {(tag, arch): every for tag in named for arch in arch_list}

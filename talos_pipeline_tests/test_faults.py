@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import requests
@@ -89,6 +93,36 @@ def test_github_rate_limits_fail_with_the_reset_time(baseline, simulator, fault,
     err = capsys.readouterr().err
     assert "rate limit" in err and "resets at" in err and "GITHUB_TOKEN" in err
     assert _catalog(baseline) == {"talos:v1.11.6:amd64:nocloud"}
+
+
+DEAD_AFTER = 1.0
+
+
+def test_publish_gives_up_on_a_dead_upstream(baseline, simulator):
+    """A download that stops mid-body for longer than TALOS_UPSTREAM_READ_TIMEOUT fails that image
+    with "looks dead" (every retry too), through the command operators run; nothing of it is published."""
+    simulator.stall_seconds = 30 * DEAD_AFTER
+    before = (baseline / "streams/v1/images.json").read_bytes()
+    simulator.set_fault("/image/", "stall")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "talos_pipeline.cli", "publish", "v1.12.0"],
+        env={**os.environ, "TALOS_UPSTREAM_READ_TIMEOUT": str(DEAD_AFTER)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Talos v1.12.0 amd64 (nocloud)" in output and "broke off after" in output
+    assert f"no data for {DEAD_AFTER:g} s: the connection looks dead (TALOS_UPSTREAM_READ_TIMEOUT)" in output
+    assert "Traceback" not in output
+    assert time.monotonic() - started < simulator.stall_seconds, "the stall was waited out, not cut off"
+    assert (baseline / "streams/v1/images.json").read_bytes() == before
+    assert list((baseline / "images").glob("v1.11.6/**/*.qcow2")), "the store layout changed: fix these globs"
+    assert not list((baseline / "images").glob("v1.12.0/**/*.qcow2")), "a disk of the failed image was stored"
+    assert not (baseline / "records/v1.12.0").exists()
+    _assert_valid(baseline)
 
 
 # fault → (count: None = every request, how serve must answer: "recovers" = a retrying client ends with

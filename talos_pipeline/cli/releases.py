@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
 def release_rows(settings: Settings) -> list[dict[str, Any]]:
     """One row per GitHub release, newest first: is it a release tag, does the factory offer it,
     which arch/variant of it this store publishes."""
-    releases = ReleasesClient(settings.releases_url, settings.github_token).list_releases().releases
-    offered = set(FactoryClient(settings.factory_url).versions())
+    releases = ReleasesClient.from_settings(settings).list_releases().releases
+    offered = set(FactoryClient.from_settings(settings).versions())
     records, _ = load_records(open_store(settings.store, settings))
     published: dict[str, list[str]] = {}
     for record in records:

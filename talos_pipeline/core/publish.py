@@ -32,7 +32,7 @@ from .settings import SigningMode
 from .signed_files import Bundle, is_signature, kept_or_signed, named_bundle, states
 from .signing import Signer
 from .stores import CHUNK, ObjectMissing, Store
-from .upstream import READ_TIMEOUT, FactoryClient, ReleasesClient
+from .upstream import FactoryClient, ReleasesClient
 
 Log = Callable[[str], None]
 PROGRESS_INTERVAL = 5.0
@@ -165,7 +165,7 @@ def hash_disk(
         digester = ImageDigester(tarball, layout.prefix, lambda size: layout.suffix)
         upload = store.upload() if mode == "mirror" else None
         try:
-            _set_read_timeout(response, READ_TIMEOUT)
+            _set_read_timeout(response, factory.timeouts.read)
             progress = _Progress(image, expected, log)
             for chunk in response.raw.stream(CHUNK, decode_content=False):
                 digester.update(chunk)
@@ -186,7 +186,7 @@ def hash_disk(
             if isinstance(exc, requests.RequestException) or _is_transport_error(exc):
                 raise UpstreamError(
                     f"{image.label}: download from {url} broke off after {digester.size} of {expected} bytes "
-                    f"({_transport_problem(exc)}); nothing was published; retry",
+                    f"({_transport_problem(exc, factory.timeouts.read)}); nothing was published; retry",
                     transient=True,
                 ) from exc
             raise
@@ -215,7 +215,7 @@ def hash_disk(
     return facts
 
 
-def _transport_problem(exc: BaseException) -> str:
+def _transport_problem(exc: BaseException, read_timeout: float) -> str:
     names = set()
     while exc is not None:
         names.add(type(exc).__name__)
@@ -223,7 +223,7 @@ def _transport_problem(exc: BaseException) -> str:
     if "IncompleteRead" in names:
         return "the connection closed early: truncated body"
     if names & {"ReadTimeoutError", "ReadTimeout", "TimeoutError", "timeout"}:
-        return f"no data for {READ_TIMEOUT:.0f}s: the connection looks dead"
+        return f"no data for {read_timeout:g} s: the connection looks dead (TALOS_UPSTREAM_READ_TIMEOUT)"
     if names & {"ConnectionResetError", "ProtocolError", "ChunkedEncodingError"}:
         return "the connection was reset"
     return ", ".join(sorted(names))

@@ -190,6 +190,21 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("factory_url", "TALOS_FACTORY_URL", "https://factory.talos.dev", parse_url, "the Talos Image Factory"),
     Setting(
+        "upstream_read_timeout",
+        "TALOS_UPSTREAM_READ_TIMEOUT",
+        "120",
+        parse_positive_float,
+        "seconds without a byte from GitHub or the factory (mid-body, or a small request) before the "
+        "connection counts as dead and the image fails, nothing published",
+    ),
+    Setting(
+        "upstream_first_byte_timeout",
+        "TALOS_UPSTREAM_FIRST_BYTE_TIMEOUT",
+        "1200",
+        parse_positive_float,
+        "seconds the factory may take to start sending a disk (a cold build takes minutes)",
+    ),
+    Setting(
         "github_token",
         "GITHUB_TOKEN",
         "",
@@ -438,6 +453,8 @@ class Settings:
     store: str
     releases_url: str
     factory_url: str
+    upstream_read_timeout: float
+    upstream_first_byte_timeout: float
     github_token: str | None
     arches: str
     variants: str

@@ -19,13 +19,27 @@ import requests
 from .errors import InputError, UpstreamError
 from .images import ImageRef
 from .releases import ReleaseFacts
+from .settings import Settings
 
 USER_AGENT = "talos-pipeline/0.1 (+https://github.com/talos-pipeline)"
 CONNECT_TIMEOUT = 10.0
-# A cold factory build blocks the first byte for minutes; a dead connection shows as no bytes.
-FIRST_BYTE_TIMEOUT = 20 * 60.0
-READ_TIMEOUT = 120.0
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class UpstreamTimeouts:
+    """How long GitHub and the factory may stay silent (`TALOS_UPSTREAM_*_TIMEOUT`).
+
+    A cold factory build holds back a disk's first byte for minutes, so that wait has its own
+    bound; once bytes flow, or for any small request, silence for `read` seconds is a dead
+    connection."""
+
+    read: float = 120.0
+    first_byte: float = 20 * 60.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> UpstreamTimeouts:
+        return cls(read=settings.upstream_read_timeout, first_byte=settings.upstream_first_byte_timeout)
 
 
 @dataclass(frozen=True)
@@ -102,17 +116,23 @@ class ReleasesClient:
         token: str | None = None,
         *,
         retry: RetryPolicy = RetryPolicy(),
+        timeouts: UpstreamTimeouts = UpstreamTimeouts(),
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.session = new_session(token)
         self.retry = retry
+        self.timeouts = timeouts
         self.log = log
+
+    @classmethod
+    def from_settings(cls, settings: Settings, log: Callable[[str], None] | None = None) -> ReleasesClient:
+        return cls(settings.releases_url, settings.github_token, timeouts=UpstreamTimeouts.of(settings), log=log)
 
     def _get(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
         response = _with_retries(
             f"GitHub releases {url}",
-            lambda: self.session.get(url, headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)),
+            lambda: self.session.get(url, headers=headers, timeout=(CONNECT_TIMEOUT, self.timeouts.read)),
             self.retry,
             self.log,
         )
@@ -196,12 +216,22 @@ class OfficialExtension:
 
 class FactoryClient:
     def __init__(
-        self, url: str, *, retry: RetryPolicy = RetryPolicy(), log: Callable[[str], None] | None = None
+        self,
+        url: str,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        timeouts: UpstreamTimeouts = UpstreamTimeouts(),
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.session = new_session()
         self.retry = retry
+        self.timeouts = timeouts
         self.log = log
+
+    @classmethod
+    def from_settings(cls, settings: Settings, log: Callable[[str], None] | None = None) -> FactoryClient:
+        return cls(settings.factory_url, timeouts=UpstreamTimeouts.of(settings), log=log)
 
     def image_url(self, image: ImageRef) -> str:
         return f"{self.url}/{image.factory_path()}"
@@ -211,7 +241,7 @@ class FactoryClient:
         url = f"{self.url}/{path}"
         response = _with_retries(
             f"Image Factory {url}",
-            lambda: self.session.request(method, url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), **options),
+            lambda: self.session.request(method, url, timeout=(CONNECT_TIMEOUT, self.timeouts.read), **options),
             self.retry,
             self.log,
         )
@@ -290,7 +320,7 @@ class FactoryClient:
         url = self.image_url(image)
         response = _with_retries(
             f"{image.label}: Image Factory {url}",
-            lambda: self.session.get(url, stream=True, timeout=(CONNECT_TIMEOUT, FIRST_BYTE_TIMEOUT)),
+            lambda: self.session.get(url, stream=True, timeout=(CONNECT_TIMEOUT, self.timeouts.first_byte)),
             self.retry,
             self.log,
         )

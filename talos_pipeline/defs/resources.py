@@ -80,13 +80,15 @@ class TalosUpstream(_SettingsResource):
     releases_url: str | None = None
     factory_url: str | None = None
     github_token: str | None = None
+    upstream_read_timeout: str | None = None
+    upstream_first_byte_timeout: str | None = None
 
     def releases(self, log: Log | None = None) -> ReleasesClient:
         settings = self.settings()
-        return ReleasesClient(settings.releases_url, settings.github_token, log=log)
+        return ReleasesClient.from_settings(settings, log=log)
 
     def factory(self, log: Log | None = None) -> FactoryClient:
-        return FactoryClient(self.settings().factory_url, log=log)
+        return FactoryClient.from_settings(self.settings(), log=log)
 
 
 class TalosDiscovery(_SettingsResource):
@@ -186,7 +188,11 @@ def _resources(value: Callable[[str], Any]) -> dict[str, dg.ConfigurableResource
 
     return {
         "talos_store": TalosStore(**fields("store")),
-        "talos_upstream": TalosUpstream(**fields("releases_url", "factory_url", "github_token")),
+        "talos_upstream": TalosUpstream(
+            **fields(
+                "releases_url", "factory_url", "github_token", "upstream_read_timeout", "upstream_first_byte_timeout"
+            )
+        ),
         "talos_discovery": TalosDiscovery(**fields("include_prereleases", "min_version")),
         "talos_images": TalosImages(
             **fields("arches", "variants", "disk_mode", "store", "self_service", "self_service_versions")
