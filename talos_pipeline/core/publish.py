@@ -32,16 +32,15 @@ from .settings import SigningMode
 from .signed_files import Bundle, is_signature, kept_or_signed, named_bundle, states
 from .signing import Signer
 from .stores import CHUNK, ObjectMissing, Store
-from .upstream import FactoryClient, ReleasesClient
+from .upstream import FactoryClient
 
 Log = Callable[[str], None]
 PROGRESS_INTERVAL = 5.0
 
 
-def discover_release(releases: ReleasesClient, factory: FactoryClient, version: str) -> ReleaseFacts:
-    """GitHub's facts for a version the factory also offers (checked before any download), with
-    the factory's `/versions` answer for the provenance attestations."""
-    facts = releases.release(version)
+def offered_by_factory(factory: FactoryClient, facts: ReleaseFacts) -> ReleaseFacts:
+    """A release's facts once the factory is seen to offer it (checked before any download), with
+    the factory's `/versions` answer, which the provenance attestations record."""
     offered = factory.require_version(facts.version)
     return replace(facts, factory_versions_url=f"{factory.url}/versions", factory_versions=tuple(offered))
 

@@ -13,10 +13,10 @@ from talos_pipeline.core.hashing import sha256_hex
 from talos_pipeline.core.images import ImageRef
 from talos_pipeline.core.preflight import check_store_writable
 from talos_pipeline.core.publish import (
-    discover_release,
     expected_metadata,
     hash_disk,
     load_release,
+    offered_by_factory,
     save_release,
     store_metadata_tarball,
 )
@@ -108,11 +108,8 @@ def talos_release(
         store = talos_store.open()
         check_store_writable(store)
         talos_signing.signer().open()
-        facts = config.facts(version)
-        if facts is None:
-            facts = discover_release(talos_upstream.releases(context.log.warning), factory, version)
-        else:
-            factory.require_version(version)
+        listed = config.facts(version) or talos_upstream.releases(context.log.warning).release(version)
+        facts = offered_by_factory(factory, listed)
         variants = talos_images.select(config.variants)
         resolved = VariantResolver(factory).for_version(variants, version)
         save_release(store, arch, facts)
