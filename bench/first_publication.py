@@ -184,7 +184,8 @@ def main() -> int:
             rows += [
                 Row(
                     f"publish --new, TALOS_PUBLISH_JOBS={jobs}: {run['partitions']:.0f} partitions, "
-                    f"{run['images']:.0f} images, {run['bytes'] / 2**20:.0f} MiB, {run['github']:.0f} GitHub requests, "
+                    f"{run['images']:.0f} images, {run['bytes'] / 2**20:.0f} MiB, "
+                    f"{run['github']:.0f} GitHub request(s), "
                     f"{run['builds_at_once']:.0f} builds at once",
                     wall.show("{:.1f}", " s"),
                     f"ideal {ideal.show('{:.1f}', ' s')} (bytes ÷ {run['bandwidth'] / 1e6:.0f} MB/s, "

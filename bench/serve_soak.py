@@ -2,7 +2,8 @@
 
 Builds a store with `talos-pipeline publish` from the upstream simulator (one `--disk-mib` image,
 default 64 MiB, plus 12 small ones), starts `python -m serve --workers N` with TLS 1.3 on
-127.0.0.1, and runs `--clients` threads (default 200) for `--seconds` (default 60), each with its
+127.0.0.1, and runs `--clients` threads (default 200) for `--seconds` (default 180, long enough for memory to
+reach its plateau: it grows for the first ~100 s while buffers and allocator arenas fill), each with its
 own keep-alive connection (re-opened now and then, so TLS handshakes are part of the mix, and
 before a request when it has been idle for more than `KEEP_ALIVE_SECONDS - 2` s or the server has
 closed it, as HTTP clients do: the server closes connections `KEEP_ALIVE_SECONDS` after it
@@ -27,7 +28,7 @@ intervals as a median with its spread. Errors must be zero; the exit status is 1
 Afterwards `/healthz` metrics and the server log (ERROR lines, aborted or incomplete responses)
 are checked too.
 
-    .venv/bin/python bench/serve_soak.py [--clients 200] [--seconds 60] [--disk-mib 64] [--workers 2]
+    .venv/bin/python bench/serve_soak.py [--clients 200] [--seconds 180] [--disk-mib 64] [--workers 2]
         [--table-every 5] [--output FILE]
 """
 
@@ -411,7 +412,12 @@ def healthz(port: int, context: ssl.SSLContext) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=200, help="concurrent clients [200]")
-    parser.add_argument("--seconds", type=float, default=60, help="how long new requests are started [60]")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=180,
+        help="how long new requests are started [180: long enough to see a plateau]",
+    )
     parser.add_argument("--disk-mib", type=int, default=64, help="data in the large disk image [64]")
     parser.add_argument(
         "--workers", type=int, default=RECOMMENDED_WORKERS, help=f"serve/ workers [{RECOMMENDED_WORKERS}]"
