@@ -38,6 +38,7 @@ from talos_pipeline.simulator import UpstreamSimulator
 from talos_pipeline.simulator.releases import SimulatedRelease
 
 from .chromium import chromium
+from .fake_sigstore.fixtures import missing_tool
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHES = ("amd64", "arm64")
@@ -95,10 +96,7 @@ def throwaway_postgres() -> Iterator[str]:
     Runs as the `postgres` user when we are root (PostgreSQL refuses to run as root)."""
     bindir = _postgres_bindir()
     if bindir is None:
-        message = "PostgreSQL server binaries are missing (Debian package postgresql; scripts/test installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_tool("PostgreSQL server binaries are missing (Debian package postgresql; scripts/test installs it)")
     root = Path(tempfile.mkdtemp(prefix="talos-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:
