@@ -19,7 +19,7 @@ import requests
 from .errors import InputError, UpstreamError
 from .images import ImageRef
 from .releases import ReleaseFacts
-from .settings import Settings
+from .settings import SETTING_BY_NAME, Settings
 
 USER_AGENT = "talos-pipeline/0.1 (+https://github.com/talos-pipeline)"
 CONNECT_TIMEOUT = 10.0
@@ -34,8 +34,8 @@ class UpstreamTimeouts:
     bound; once bytes flow, or for any small request, silence for `read` seconds is a dead
     connection."""
 
-    read: float = 120.0
-    first_byte: float = 20 * 60.0
+    read: float = float(SETTING_BY_NAME["upstream_read_timeout"].default)
+    first_byte: float = float(SETTING_BY_NAME["upstream_first_byte_timeout"].default)
 
     @classmethod
     def of(cls, settings: Settings) -> UpstreamTimeouts:
