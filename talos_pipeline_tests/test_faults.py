@@ -125,6 +125,29 @@ def test_publish_gives_up_on_a_dead_upstream(baseline, simulator):
     _assert_valid(baseline)
 
 
+def test_publish_gives_up_on_a_factory_that_never_starts_sending(baseline, simulator):
+    """A disk whose first byte takes longer than TALOS_UPSTREAM_FIRST_BYTE_TIMEOUT (a cold build
+    that never ends) fails that image through `talos-pipeline publish`; nothing of it is published."""
+    simulator.slow_first_byte_seconds = 30 * DEAD_AFTER
+    before = (baseline / "streams/v1/images.json").read_bytes()
+    simulator.set_fault("/image/", "slow_first_byte")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "talos_pipeline.cli", "publish", "v1.12.0"],
+        env={**os.environ, "TALOS_UPSTREAM_FIRST_BYTE_TIMEOUT": str(DEAD_AFTER)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert f"read timeout={DEAD_AFTER}" in output, "the setting did not reach the factory client"
+    assert "Talos v1.12.0 amd64 (nocloud)" in output and "Traceback" not in output
+    assert time.monotonic() - started < simulator.slow_first_byte_seconds, "the build was waited out"
+    assert (baseline / "streams/v1/images.json").read_bytes() == before
+    assert not (baseline / "records/v1.12.0").exists()
+
+
 # fault → (count: None = every request, how serve must answer: "recovers" = a retrying client ends with
 # the right bytes, "cut" = never a complete body, "fine" = the right bytes at once)
 PROXY_FAULTS = [
