@@ -97,50 +97,45 @@ def test_github_rate_limits_fail_with_the_reset_time(baseline, simulator, fault,
 DEAD_AFTER = 1.0
 
 
-def test_publish_gives_up_on_a_dead_upstream(baseline, simulator):
-    """A download that stops mid-body for longer than TALOS_UPSTREAM_READ_TIMEOUT fails that image
-    with "looks dead" (every retry too), through the command operators run; nothing of it is published."""
-    simulator.stall_seconds = 30 * DEAD_AFTER
-    before = (baseline / "streams/v1/images.json").read_bytes()
-    simulator.set_fault("/image/", "stall")
+def _publish_fails_and_publishes_nothing(store, setting: str) -> str:
+    """`talos-pipeline publish v1.12.0` with `setting`=DEAD_AFTER, as operators run it: it must fail
+    that image, leave the catalog as it was and store nothing of it. Returns the output."""
+    before = (store / "streams/v1/images.json").read_bytes()
     done = subprocess.run(
         [sys.executable, "-m", "talos_pipeline.cli", "publish", "v1.12.0"],
-        env={**os.environ, "TALOS_UPSTREAM_READ_TIMEOUT": str(DEAD_AFTER)},
+        env={**os.environ, setting: str(DEAD_AFTER)},
         capture_output=True,
         text=True,
         timeout=120,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
-    assert "Talos v1.12.0 amd64 (nocloud)" in output and "broke off after" in output
+    assert "Talos v1.12.0 amd64 (nocloud)" in output and "Traceback" not in output
+    assert (store / "streams/v1/images.json").read_bytes() == before
+    assert list((store / "images").glob("v1.11.6/**/*.qcow2")), "the store layout changed: fix these globs"
+    assert not list((store / "images").glob("v1.12.0/**/*.qcow2")), "a disk of the failed image was stored"
+    assert not (store / "records/v1.12.0").exists()
+    _assert_valid(store)
+    return output
+
+
+def test_publish_gives_up_on_a_dead_upstream(baseline, simulator):
+    """A download that stops mid-body for longer than TALOS_UPSTREAM_READ_TIMEOUT fails that image
+    with "looks dead" (every retry too); nothing of it is published."""
+    simulator.stall_seconds = 30 * DEAD_AFTER
+    simulator.set_fault("/image/", "stall")
+    output = _publish_fails_and_publishes_nothing(baseline, "TALOS_UPSTREAM_READ_TIMEOUT")
+    assert "broke off after" in output
     assert f"no data for {DEAD_AFTER:g} s: the connection looks dead (TALOS_UPSTREAM_READ_TIMEOUT)" in output
-    assert "Traceback" not in output
-    assert (baseline / "streams/v1/images.json").read_bytes() == before
-    assert list((baseline / "images").glob("v1.11.6/**/*.qcow2")), "the store layout changed: fix these globs"
-    assert not list((baseline / "images").glob("v1.12.0/**/*.qcow2")), "a disk of the failed image was stored"
-    assert not (baseline / "records/v1.12.0").exists()
-    _assert_valid(baseline)
 
 
 def test_publish_gives_up_on_a_factory_that_never_starts_sending(baseline, simulator):
     """A disk whose first byte takes longer than TALOS_UPSTREAM_FIRST_BYTE_TIMEOUT (a cold build
-    that never ends) fails that image through `talos-pipeline publish`; nothing of it is published."""
+    that never ends) fails that image; nothing of it is published."""
     simulator.slow_first_byte_seconds = 30 * DEAD_AFTER
-    before = (baseline / "streams/v1/images.json").read_bytes()
     simulator.set_fault("/image/", "slow_first_byte")
-    done = subprocess.run(
-        [sys.executable, "-m", "talos_pipeline.cli", "publish", "v1.12.0"],
-        env={**os.environ, "TALOS_UPSTREAM_FIRST_BYTE_TIMEOUT": str(DEAD_AFTER)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 1, output
+    output = _publish_fails_and_publishes_nothing(baseline, "TALOS_UPSTREAM_FIRST_BYTE_TIMEOUT")
     assert f"read timeout={DEAD_AFTER}" in output, "the setting did not reach the factory client"
-    assert "Talos v1.12.0 amd64 (nocloud)" in output and "Traceback" not in output
-    assert (baseline / "streams/v1/images.json").read_bytes() == before
-    assert not (baseline / "records/v1.12.0").exists()
 
 
 # fault → (count: None = every request, how serve must answer: "recovers" = a retrying client ends with
