@@ -6,6 +6,7 @@ store, signing, verification or a run.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,26 @@ def test_failures_of_upstream_store_signing_and_verification_exit_1(pipeline_env
     disk.write_bytes(disk.read_bytes()[:-1] + b"\x01")
     tampered = talos_pipeline("verify")
     assert tampered.returncode == 1 and disk.name in tampered.stdout
+
+
+def test_verify_notes_an_index_a_killed_rebuild_left_behind_and_fails_one_that_hides_every_product(pipeline_env):
+    index = Path(pipeline_env) / "streams/v1/index.json"
+    assert talos_pipeline("publish", "v1.12.0", "--arch", "amd64", "--variant", "nocloud").returncode == 0
+    before = index.read_bytes()
+    assert talos_pipeline("publish", "v1.12.0", "--arch", "arm64", "--variant", "nocloud").returncode == 0
+    index.write_bytes(before)  # killed after images.json was written, before index.json
+
+    lagging = talos_pipeline("verify")
+    assert lagging.returncode == 0, lagging.stdout + lagging.stderr
+    assert "note: streams/v1/index.json" in lagging.stdout and "does not name 1 product(s)" in lagging.stdout
+    assert "arm64" in lagging.stdout and "`talos-pipeline catalog`" in lagging.stdout
+
+    body = json.loads(before)
+    body["index"]["images"]["products"] = []
+    index.write_text(json.dumps(body))
+    hidden = talos_pipeline("verify")
+    assert hidden.returncode == 1 and "problem: streams/v1/index.json names no products" in hidden.stdout
+
+    assert talos_pipeline("catalog").returncode == 0
+    repaired = talos_pipeline("verify")
+    assert repaired.returncode == 0 and "note:" not in repaired.stdout, repaired.stdout

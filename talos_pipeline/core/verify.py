@@ -32,6 +32,9 @@ from .simplestreams import (
 from .stores import ObjectMissing, Store
 from .verify_ledger import HashedDisk, VerificationLedger
 
+PAIR_READS = 3
+REBUILD_HINT = "`talos-pipeline catalog` (or the next publish) rewrites it"
+
 
 @dataclass(frozen=True)
 class VerifyPolicy:
@@ -69,6 +72,8 @@ class ProductReport:
 class VerifyReport:
     products: list[ProductReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Store-level findings that do not change what a client gets (they do not fail the run)."""
     disks_hashed: int = 0
     disks_unchanged: int = 0
     """Disks the ledger vouched for: not re-read this run."""
@@ -84,6 +89,7 @@ class VerifyReport:
             f"{self.disks_hashed}, unchanged since the last successful verification: {self.disks_unchanged}"
         ]
         lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
         for product in self.products:
             status = "FAIL" if product.problems else "ok"
             lines.append(f"{status:4} {product.product}")
@@ -92,21 +98,59 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def load_catalog(store: Store) -> CatalogReading:
-    """The published catalog read back (both documents, checked against each other)."""
+def load_catalog(store: Store) -> tuple[set[str], CatalogReading]:
+    """The product keys index.json announces and images.json read back, as one pair.
+
+    A rebuild writes images.json, then index.json; images.json is looked at again after
+    index.json is read, and the pair read again if a rebuild replaced it in between.
+    """
+    for _attempt in range(PAIR_READS):
+        images, etag = _read_document(store, IMAGES_KEY)
+        index, _ = _read_document(store, INDEX_KEY)
+        again = store.stat(IMAGES_KEY)
+        if again is not None and again.etag == etag:
+            break
     try:
-        index = store.read_bytes(INDEX_KEY)
-        images = store.read_bytes(IMAGES_KEY)
-    except ObjectMissing as exc:
-        raise PipelineError(f"{exc}: nothing is published there yet (run `talos-pipeline publish`)") from None
-    try:
-        declared = read_index_products(index)
-        reading = read_images(images)
+        return read_index_products(index), read_images(images)
     except CatalogFormatError as exc:
         raise PipelineError(f"the catalog in {store.describe()} is unusable: {exc}") from None
-    if declared != reading.product_keys:
-        raise PipelineError(f"{INDEX_KEY} and {IMAGES_KEY} in {store.describe()} name different products")
-    return reading
+
+
+def _read_document(store: Store, key: str) -> tuple[bytes, str]:
+    found = store.read_with_etag(key)
+    if found is None:
+        raise PipelineError(
+            f"{key} is missing in {store.describe()}: nothing is published there yet (run `talos-pipeline publish`)"
+        )
+    return found
+
+
+def _index_findings(store: Store, declared: set[str], reading: CatalogReading) -> tuple[list[str], list[str]]:
+    """(problems, notes) about index.json's product list.
+
+    Incus reads products from images.json and only requires index.json to name some, so a list
+    that lags images.json (a rebuild killed between its two writes, or running right now) is a
+    note with its remedy; an empty list in front of products hides them all and is a problem.
+    """
+    if declared == reading.product_keys:
+        return [], []
+    if not declared and reading.product_keys:
+        return [f"{INDEX_KEY} names no products, so Incus shows none; {REBUILD_HINT}"], []
+    missing, extra = reading.product_keys - declared, declared - reading.product_keys
+    parts = [
+        f"does not name {len(missing)} product(s) that {IMAGES_KEY} has ({_some(missing)})" if missing else "",
+        f"names {len(extra)} product(s) that {IMAGES_KEY} does not have ({_some(extra)})" if extra else "",
+    ]
+    said = " and ".join(part for part in parts if part)
+    return [], [
+        f"{INDEX_KEY} in {store.describe()} {said}: a catalog rebuild was interrupted or is running; Incus reads "
+        f"the products from {IMAGES_KEY}, so clients are not affected; {REBUILD_HINT}"
+    ]
+
+
+def _some(keys: set[str]) -> str:
+    named = sorted(keys)
+    return ", ".join(named[:3]) + (", …" if len(named) > 3 else "")
 
 
 @dataclass
@@ -130,8 +174,10 @@ def verify_store(
 ) -> VerifyReport:
     """Check everything the catalog names. Disks are re-hashed unless `ledger` vouches for them;
     the ledger is written back only when nothing was wrong."""
-    reading = load_catalog(store)
-    run = _Run(store, policy, provenance, ledger, VerifyReport(problems=list(reading.problems)))
+    declared, reading = load_catalog(store)
+    problems, notes = _index_findings(store, declared, reading)
+    report = VerifyReport(problems=problems + reading.problems, notes=notes)
+    run = _Run(store, policy, provenance, ledger, report)
     entries: dict[str, ProductReport] = {}
     for image in sorted(reading.images, key=lambda i: (i.product, i.serial)):
         entry = entries.setdefault(image.product, ProductReport(image.product))
