@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from talos_pipeline.core.images import IMAGES_KEY
+from talos_pipeline.core.images import IMAGES_KEY, INDEX_KEY
 from talos_pipeline.core.verify import VerifyPolicy, verify_store
 from talos_pipeline.core.versions import TalosVersion
 from talos_pipeline.simulator import UpstreamSimulator
@@ -185,7 +185,7 @@ def test_a_first_publication_killed_halfway_leaves_what_completed_and_a_rerun_fi
     deadline = time.monotonic() + 300
     while True:  # a third of the versions in the catalog, and the catalog caught up with the records
         in_catalog, completed = catalog_versions(pipeline_env), complete_versions(pipeline_env)
-        if len(in_catalog) >= len(versions) // 3 and completed <= in_catalog:
+        if len(in_catalog) >= len(versions) // 3 and completed <= in_catalog and pipeline_env.exists(INDEX_KEY):
             break
         assert run.proc.poll() is None and time.monotonic() < deadline, run.output()[-3000:]
         time.sleep(0.02)
