@@ -51,15 +51,6 @@ def simulator(qcow2_cache):
         yield sim
 
 
-# scripts/test hands whole files to two workers in collection order: the longest file (a live
-# Dagster deployment twice, ~9 min) goes first, so the other worker runs the rest meanwhile.
-LONGEST_FILES = ("test_dagster_live.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name not in LONGEST_FILES)
-
-
 def pytest_generate_tests(metafunc):
     """`store_kind` (hence `pipeline_env`): dir and s3, or what the module allows."""
     if "store_kind" in metafunc.fixturenames:
