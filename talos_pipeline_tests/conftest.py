@@ -51,6 +51,27 @@ def simulator(qcow2_cache):
         yield sim
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--timed",
+        choices=("all", "skip", "only"),
+        default="all",
+        help="tests marked `timed` compare wall-clock times, so they must not share the machine with another "
+        "worker: run them with the rest (all), leave them out (skip), or run only them (only); scripts/test "
+        "runs the rest on two workers, then these alone",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mode = config.getoption("--timed")
+    if mode == "all":
+        return
+    kept = [item for item in items if (item.get_closest_marker("timed") is not None) == (mode == "only")]
+    kept_ids = {id(item) for item in kept}
+    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
+    items[:] = kept
+
+
 def pytest_generate_tests(metafunc):
     """`store_kind` (hence `pipeline_env`): dir and s3, or what the module allows."""
     if "store_kind" in metafunc.fixturenames:
