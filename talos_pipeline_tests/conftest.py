@@ -66,9 +66,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     mode = config.getoption("--timed")
     if mode == "all":
         return
-    kept = [item for item in items if (item.get_closest_marker("timed") is not None) == (mode == "only")]
-    kept_ids = {id(item) for item in kept}
-    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        timed = item.get_closest_marker("timed") is not None
+        (kept if timed == (mode == "only") else dropped).append(item)
+    config.hook.pytest_deselected(items=dropped)
     items[:] = kept
 
 
